@@ -1,0 +1,30 @@
+"""fastwam_policy: the ROS-free `fastwam` core plus the `fastwam_policy` ROS 2 nodes.
+
+Installs the standard ROS way (colcon, ament_python) and also with pip alone, for training
+clusters without ROS: `pip install ros2_ws/src/fastwam_policy` gives the `fastwam` package; the
+node modules import rclpy only when they run.
+"""
+
+from setuptools import find_packages, setup
+
+PACKAGE = "fastwam_policy"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+    ],
+    python_requires=">=3.10",
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="Fast-WAM developers",
+    maintainer_email="dev@fastwam.local",
+    description="Fast-WAM world action model and its ROS 2 policy, recorder and simulation nodes.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [],
+    },
+)
