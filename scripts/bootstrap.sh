@@ -19,6 +19,8 @@ TORCH_VERSION="2.13.0"
 STAMPS="$VENV/.fastwam-stamps"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
+# pip warns once per package about configured local index mirrors that lack it; keep real errors.
+quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
 stage_done() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
 mark_done() { mkdir -p "$STAMPS"; printf '%s' "$2" >"$STAMPS/$1"; }
@@ -48,13 +50,13 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 key="$(fingerprint "$ROOT/requirements/"*.txt "$ROOT/scripts/bootstrap.sh")"
 if ! stage_done pip "$key"; then
   log "installing pinned dependencies"
-  "${PIP[@]}" install -q --upgrade "pip>=24" "setuptools<80" wheel
+  quiet_pip install -q --upgrade "pip>=24" "setuptools<80" wheel
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     torch_args=()
     [[ -n "${FASTWAM_TORCH_INDEX:-}" ]] && torch_args=(--extra-index-url "$FASTWAM_TORCH_INDEX")
-    "${PIP[@]}" install -q "torch==$TORCH_VERSION" "${torch_args[@]}"
+    quiet_pip install -q "torch==$TORCH_VERSION" "${torch_args[@]}"
   fi
-  "${PIP[@]}" install -q -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/python.txt" \
+  quiet_pip install -q -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/python.txt" \
     -r "$ROOT/requirements/dev.txt"
   mark_done pip "$key"
 fi
