@@ -1,0 +1,13 @@
+"""The Fast-WAM model: Wan2.2 video DiT + action expert joined by a shared-attention MoT."""
+
+from fastwam.model.fastwam import ActionCache, Context, FastWAM
+from fastwam.model.wan import WanComponents, build_random_components, latent_frame_mask
+
+__all__ = [
+    "ActionCache",
+    "Context",
+    "FastWAM",
+    "WanComponents",
+    "build_random_components",
+    "latent_frame_mask",
+]

@@ -1,0 +1,221 @@
+"""Wan2.2 pieces from diffusers / transformers: video DiT, VAE, UMT5 text encoder, tokenizer.
+
+Everything is loaded with ``from_pretrained(..., local_files_only=True)`` from a directory in the
+``Wan2.2-TI2V-5B-Diffusers`` layout::
+
+    <dir>/transformer/   WanTransformer3DModel (config.json + safetensors)
+    <dir>/vae/           AutoencoderKLWan
+    <dir>/text_encoder/  UMT5EncoderModel
+    <dir>/tokenizer/     its tokenizer (anything AutoTokenizer loads)
+
+Nothing is ever downloaded; a missing folder or file is a ``FileNotFoundError`` naming it. The small
+presets build the same classes randomly (``build_random_components``) and can write them in the same
+layout (``WanComponents.save_pretrained``), so tests exercise the real loading path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from fastwam.config import PROMPT_TEMPLATE, FastWAMConfig
+
+COMPONENT_FOLDERS = ("vae", "text_encoder", "tokenizer")
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: directory not found: {path}")
+    if not (path / "config.json").is_file() and what != "tokenizer":
+        raise FileNotFoundError(f"{what}: missing {path / 'config.json'}")
+    return path
+
+
+def load_video_transformer(wan_dir: str | Path, dtype: torch.dtype = torch.float32) -> WanTransformer3DModel:
+    """Load ``<wan_dir>/transformer`` (the pretrained Wan2.2 video DiT)."""
+    sub = _require_dir(Path(wan_dir) / "transformer", "transformer")
+    return WanTransformer3DModel.from_pretrained(sub, torch_dtype=dtype, local_files_only=True)
+
+
+def build_video_transformer(config: FastWAMConfig) -> WanTransformer3DModel:
+    """A randomly initialised video DiT (on the current default device; use ``torch.device('meta')``
+    as a context manager to count parameters of the full model without allocating them)."""
+    return WanTransformer3DModel(**config.video.to_diffusers_kwargs())
+
+
+def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on a tiny built-in corpus (deterministic).
+
+    T5 conventions: ``<pad>`` = 0, ``</s>`` = 1 appended to every sequence, ``<unk>`` = 2.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        PROMPT_TEMPLATE.format(task=t)
+        for t in (
+            "fold the towel",
+            "pick up the red cup and place it in the bin",
+            "open the drawer",
+            "push the blue block to the left",
+            "stack the bowls",
+        )
+    ]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+class WanComponents:
+    """The frozen parts: VAE, text encoder and tokenizer, with the encoders the model needs.
+
+    ``encode_video`` returns latents normalised with the VAE's ``latents_mean`` / ``latents_std``
+    (as the Wan pipelines do); ``encode_text`` applies the Fast-WAM prompt template and returns
+    zero-padded UMT5 embeddings plus the token mask (the Wan pipelines zero the padding too).
+    """
+
+    def __init__(
+        self, vae: AutoencoderKLWan, text_encoder: UMT5EncoderModel, tokenizer, text_max_length: int
+    ):
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.text_max_length = text_max_length
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        wan_dir: str | Path,
+        text_max_length: int,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> WanComponents:
+        wan_dir = Path(wan_dir)
+        if not wan_dir.is_dir():
+            raise FileNotFoundError(f"Wan2.2 components directory not found: {wan_dir}")
+        vae_dir = _require_dir(wan_dir / "vae", "vae")
+        te_dir = _require_dir(wan_dir / "text_encoder", "text_encoder")
+        tok_dir = _require_dir(wan_dir / "tokenizer", "tokenizer")
+        # The VAE stays in fp32 (as in the Wan pipelines); the text encoder follows `dtype`.
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32, local_files_only=True)
+        te = UMT5EncoderModel.from_pretrained(te_dir, dtype=dtype, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        return cls(vae.to(device), te.to(device), tok, text_max_length)
+
+    def save_pretrained(self, wan_dir: str | Path) -> None:
+        wan_dir = Path(wan_dir)
+        self.vae.save_pretrained(wan_dir / "vae")
+        self.text_encoder.save_pretrained(wan_dir / "text_encoder")
+        self.tokenizer.save_pretrained(wan_dir / "tokenizer")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_encoder.parameters()).device
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_encoder.config.d_model
+
+    @property
+    def z_dim(self) -> int:
+        return self.vae.config.z_dim
+
+    # -- encoders ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, T, H, W] in [-1, 1] (T = 1 + 4k; H, W multiples of 16) -> latents
+        [B, z_dim, 1 + k, H/16, W/16], normalised: (mu - latents_mean) / latents_std."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"encode_video expects [B, 3, T, H, W], got {tuple(video.shape)}")
+        vae_dtype = next(self.vae.parameters()).dtype
+        mu = self.vae.encode(video.to(self.device, vae_dtype)).latent_dist.mode()
+        mean = torch.tensor(self.vae.config.latents_mean, device=mu.device, dtype=mu.dtype).view(
+            1, -1, 1, 1, 1
+        )
+        std = torch.tensor(self.vae.config.latents_std, device=mu.device, dtype=mu.dtype).view(1, -1, 1, 1, 1)
+        return (mu - mean) / std
+
+    @torch.no_grad()
+    def encode_text(self, tasks: list[str], template: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """tasks -> (embeds [B, L, D_text], mask [B, L] bool), L = text_max_length, padding zeroed.
+
+        ``template=False`` encodes the strings as given (used for the empty unconditional prompt).
+        """
+        if isinstance(tasks, str):
+            raise TypeError("encode_text takes a list of strings")
+        prompts = [PROMPT_TEMPLATE.format(task=t) if template else t for t in tasks]
+        enc = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.text_max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids = enc.input_ids.to(self.device)
+        mask = enc.attention_mask.to(self.device)
+        embeds = self.text_encoder(ids, mask).last_hidden_state
+        mask = mask.bool()
+        return embeds * mask.unsqueeze(-1).to(embeds.dtype), mask
+
+
+def latent_frame_mask(frame_mask: torch.Tensor, temporal_factor: int = 4) -> torch.Tensor:
+    """Pixel frame validity [B, T] (T = 1 + 4k) -> latent frame validity [B, 1 + k].
+
+    Latent frame 0 encodes pixel frame 0; latent frame j >= 1 encodes pixel frames 4j-3 .. 4j and is
+    valid only when all four are (a partly padded group would mix in repeated padding frames).
+    """
+    if frame_mask.ndim != 2 or (frame_mask.shape[1] - 1) % temporal_factor != 0:
+        raise ValueError(f"frame_mask must be [B, 1 + {temporal_factor} k], got {tuple(frame_mask.shape)}")
+    fm = frame_mask.bool()
+    rest = fm[:, 1:].unflatten(1, (-1, temporal_factor)).all(dim=2)
+    return torch.cat([fm[:, :1], rest], dim=1)
+
+
+def build_random_components(config: FastWAMConfig, seed: int = 0) -> WanComponents:
+    """Random VAE + UMT5 + offline tokenizer from a small preset's ``vae`` / ``text_encoder`` dicts."""
+    if config.vae is None or config.text_encoder is None or config.tokenizer_vocab_size is None:
+        raise ValueError("this preset has no random components: load them from a Wan2.2-Diffusers directory")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vae = AutoencoderKLWan(**config.vae)
+        tokenizer = build_tokenizer(config.tokenizer_vocab_size)
+        te_cfg = UMT5Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **config.text_encoder,
+        )
+        te = UMT5EncoderModel(te_cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if te_cfg.d_model != config.video.text_dim:
+        raise ValueError(f"text encoder d_model {te_cfg.d_model} != video.text_dim {config.video.text_dim}")
+    return WanComponents(vae, te, tokenizer, config.text_max_length)
+
+
+def read_wan_config(wan_dir: str | Path, folder: str) -> dict:
+    path = Path(wan_dir) / folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}")
+    return json.loads(path.read_text())
