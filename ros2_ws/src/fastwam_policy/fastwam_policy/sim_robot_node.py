@@ -1,0 +1,331 @@
+"""Simulated Galaxea R1 Lite: the robot's topics, types and QoS around fastwam.sim.TowelFoldEnv.
+
+Publishes what the robot publishes (names from the robot config): three JPEG
+sensor_msgs/CompressedImage camera streams (480x640, BEST_EFFORT) and sensor_msgs/JointState
+feedback per joint group (names filled, BEST_EFFORT). Follows the /motion_target command topics
+(JointState: arm position targets with per-joint velocity caps in `velocity`, gripper position[0]).
+The simulation runs in real time on the node's clock.
+
+Scoring: ~/task_success (std_msgs/Bool: the towel is folded now), ~/progress (std_msgs/Float32,
+0 flat .. 1 folded) and ~/episode (std_msgs/String, JSON: seed, towel pose, time, success) at 2 Hz
+and on every change.
+
+Scripted teleoperation (parameter scripted_teleop): a scripted operator (fastwam.sim.ScriptedFolder)
+publishes the fold on the /motion_target topics like a human with a teleop rig (RELIABLE), so a
+recorder records its commands as actions. With `recorder` set (e.g. /recorder), each episode is
+recorded through that recorder's ~/start_episode and ~/stop_episode services and labelled with
+the success check; `episodes` episodes are run with seeds seed, seed + 1, ...
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, JointState
+from std_msgs.msg import Bool, Float32, String
+
+from fastwam.robot_config import load_robot_config
+from fastwam.sim import ScriptedFolder, TowelFoldEnv
+from fastwam_msgs.srv import StartEpisode, StopEpisode
+
+# Commands are accepted from RELIABLE and BEST_EFFORT publishers alike.
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+TELEOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+JPEG_FORMAT = "rgb8; jpeg compressed bgr8"  # what image_transport's compressed plugin writes
+
+
+def default_config_path() -> str:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
+    except Exception:  # not installed as a ROS package: must be given
+        return ""
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    seed: int
+    success: bool  # reached the folded state at any time during the episode
+    progress: float  # at the end
+    duration_s: float
+    recorded: str = ""  # episode name returned by the recorder, if any
+    first_success_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class SimRobotNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
+        p = self.declare_parameter
+        config_path = str(p("robot_config", default_config_path()).value)
+        self.seed = int(p("seed", 0).value)
+        camera_rate_hz = float(p("camera_rate_hz", 15.0).value)
+        joint_rate_hz = float(p("joint_rate_hz", 50.0).value)
+        physics_rate_hz = float(p("physics_rate_hz", 60.0).value)
+        self.jpeg_quality = int(p("jpeg_quality", 90).value)
+        self.scripted = bool(p("scripted_teleop", False).value)
+        self.start_delay_s = float(p("teleop_start_delay_s", 1.0).value)
+        self.episodes = int(p("episodes", 1).value)  # scripted episodes to run; 0: keep going
+        self.episode_timeout_s = float(p("episode_timeout_s", 0.0).value)  # policy-driven; 0: none
+        self.recorder_name = str(p("recorder", "").value)
+        self.instruction = str(p("instruction", "fold the towel").value)
+        if not config_path:
+            raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
+        for name, value in (("camera_rate_hz", camera_rate_hz), ("joint_rate_hz", joint_rate_hz)):
+            if value <= 0:
+                raise ValueError(f"parameter {name} must be positive, got {value}")
+        self.config = load_robot_config(config_path)
+        self.spec = self.config.robot
+        self.env = TowelFoldEnv(self.spec, self.config.cameras.keys)
+        topics = self.config.topics
+
+        self.camera_pubs = {
+            key: self.create_publisher(CompressedImage, topics.cameras[key].topic, qos_profile_sensor_data)
+            for key in self.config.cameras.keys
+        }
+        raw = [k for k, cam in topics.cameras.items() if cam.transport != "compressed"]
+        if raw:
+            raise ValueError(f"simulated R1 Lite publishes JPEG only; cameras {raw} are configured as raw")
+        self.feedback_pubs = {
+            group: self.create_publisher(JointState, topic, FEEDBACK_QOS)
+            for group, topic in topics.feedback.items()
+            if group in self.env.trackers
+        }
+        for group in self.spec.action_groups:
+            self.create_subscription(
+                JointState, topics.command[group], lambda msg, g=group: self._on_command(g, msg), COMMAND_QOS
+            )
+        self.success_pub = self.create_publisher(Bool, "~/task_success", 10)
+        self.progress_pub = self.create_publisher(Float32, "~/progress", 10)
+        self.episode_pub = self.create_publisher(String, "~/episode", 10)
+
+        self.teleop_pubs = {}
+        if self.scripted:
+            self.teleop_pubs = {
+                g: self.create_publisher(JointState, topics.command[g], TELEOP_QOS)
+                for g in self.spec.action_groups
+            }
+            self.create_timer(1.0 / self.config.control.rate_hz, self._on_teleop)
+        self.start_client = self.stop_client = None
+        if self.recorder_name:
+            self.start_client = self.create_client(StartEpisode, f"{self.recorder_name}/start_episode")
+            self.stop_client = self.create_client(StopEpisode, f"{self.recorder_name}/stop_episode")
+
+        self.results: list[EpisodeResult] = []
+        self.commands_received = dict.fromkeys(self.spec.action_groups, 0)
+        self.commands_rejected = 0
+        self.finished = False  # all requested scripted episodes are done
+        self._episode_index = -1
+        self._recording = ""
+        self._pending = None  # an in-flight recorder service call
+        self._start_episode(self.seed)
+
+        self._last_step = time.monotonic()
+        self.create_timer(1.0 / physics_rate_hz, self._on_physics)
+        self.create_timer(1.0 / camera_rate_hz, self._on_cameras)
+        self.create_timer(1.0 / joint_rate_hz, self._on_joints)
+        self.create_timer(0.5, self._publish_score)
+        mode = "scripted teleop" if self.scripted else "following /motion_target"
+        self.get_logger().info(
+            f"simulated {self.spec.name}: {mode}, seed {self.seed}, cameras {camera_rate_hz:g} Hz, "
+            f"joints {joint_rate_hz:g} Hz, config {config_path}"
+        )
+
+    # -- episodes -------------------------------------------------------------------------------------
+    def _start_episode(self, seed: int) -> None:
+        self.env.reset(seed)
+        self._episode_index += 1
+        self._episode_start = self.env.time
+        self._first_success: float | None = None
+        self._last_success = False
+        self._folder = ScriptedFolder(self.env) if self.scripted else None
+        self._stop_requested = False
+        pose = self.env.towel.pose
+        self.get_logger().info(
+            f"episode {self._episode_index}: seed {seed}, towel at x={pose.x:.3f} y={pose.y:.3f} "
+            f"yaw={np.degrees(pose.yaw):.1f} deg"
+        )
+        if self.start_client is not None:
+            self._call(
+                self.start_client, StartEpisode.Request(instruction=self.instruction), self._on_started
+            )
+
+    def _end_episode(self) -> None:
+        elapsed = self.env.time - self._episode_start
+        result = EpisodeResult(
+            index=self._episode_index,
+            seed=self.env.seed,
+            success=self._first_success is not None,
+            progress=self.env.progress,
+            duration_s=elapsed,
+            first_success_s=self._first_success,
+        )
+        self.results.append(result)
+        self.get_logger().info(
+            f"episode {result.index} (seed {result.seed}) ended after {elapsed:.1f} s: "
+            f"{'SUCCESS' if result.success else 'no success'}, progress {result.progress:.2f}"
+        )
+        if self.stop_client is not None and self._recording:
+            request = StopEpisode.Request(save=True, task_success=result.success)
+            self._call(self.stop_client, request, lambda r, res=result: self._on_stopped(r, res))
+        more = self.episodes <= 0 or len(self.results) < self.episodes
+        if more:
+            self._start_episode(self.env.seed + 1)
+        else:
+            self.finished = True
+
+    def _call(self, client, request, done) -> None:
+        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=2.0):
+            self.get_logger().error(f"recorder service {client.srv_name} is not available; not recording")
+            return
+        future = client.call_async(request)
+        future.add_done_callback(lambda f: done(f.result()))
+
+    def _on_started(self, response) -> None:
+        if response is not None and response.success:
+            self._recording = response.episode
+        else:
+            self.get_logger().error(f"recorder refused to start: {getattr(response, 'message', '')}")
+
+    def _on_stopped(self, response, result: EpisodeResult) -> None:
+        if response is not None and response.success:
+            result.recorded = response.episode
+        else:
+            self.get_logger().error(f"recorder refused to stop: {getattr(response, 'message', '')}")
+        self._recording = ""
+
+    # -- commands -------------------------------------------------------------------------------------
+    def _on_command(self, group: str, msg: JointState) -> None:
+        if self.finished:
+            return
+        try:
+            if group.startswith("gripper"):
+                if len(msg.position) < 1:
+                    raise ValueError(f"joint group {group!r}: gripper command has no position[0]")
+                self.env.command(group, [msg.position[0]])
+            else:
+                self.env.command(group, list(msg.position), list(msg.velocity))
+        except ValueError as error:
+            self.commands_rejected += 1
+            topic = self.config.topics.command[group]
+            self.get_logger().warning(f"{topic}: command ignored: {error}", throttle_duration_sec=2.0)
+            return
+        self.commands_received[group] += 1
+
+    def _on_teleop(self) -> None:
+        if self.finished or self._folder is None:
+            return
+        t = self.env.time - self._episode_start - self.start_delay_s
+        if t > self._folder.duration + 0.5:
+            if not self._stop_requested:
+                self._stop_requested = True
+                self._end_episode()
+            return
+        action = self._folder.action(max(t, 0.0))
+        stamp = self.get_clock().now().to_msg()
+        for group, values in self.spec.split(action, self.spec.action_groups).items():
+            msg = JointState()
+            msg.header.stamp = stamp
+            msg.name = list(self.spec.group(group).joints)
+            msg.position = [float(v) for v in values]
+            if group.startswith("arm"):  # the arms' command topics carry per-joint velocity caps
+                msg.velocity = [float(v) for v in self.spec.group(group).max_velocity]
+            self.teleop_pubs[group].publish(msg)
+
+    # -- simulation and outputs -----------------------------------------------------------------------
+    def _on_physics(self) -> None:
+        now = time.monotonic()
+        # Bounded so a stalled process resumes smoothly instead of jumping.
+        elapsed = min(now - self._last_step, 0.1)
+        self._last_step = now
+        if elapsed <= 0 or self.finished:
+            return
+        self.env.step(elapsed)
+        success = self.env.success
+        if success and self._first_success is None:
+            self._first_success = self.env.time - self._episode_start
+            self.get_logger().info(f"towel folded after {self._first_success:.1f} s")
+        if success != self._last_success:
+            self._last_success = success
+            self._publish_score()
+        if (
+            not self.scripted
+            and self.episode_timeout_s > 0
+            and self.env.time - self._episode_start >= self.episode_timeout_s
+        ):
+            self._end_episode()
+
+    def _on_cameras(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        images = self.env.render()
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
+        for key, pub in self.camera_pubs.items():
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(images[key], cv2.COLOR_RGB2BGR), params)
+            if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+                self.get_logger().error(f"JPEG encoding failed for camera {key}")
+                continue
+            msg = CompressedImage()
+            msg.header.stamp = stamp
+            msg.header.frame_id = key
+            msg.format = JPEG_FORMAT
+            msg.data = jpeg.tobytes()
+            pub.publish(msg)
+
+    def _on_joints(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        for group, pub in self.feedback_pubs.items():
+            msg = JointState()
+            msg.header.stamp = stamp
+            msg.name = list(self.spec.group(group).joints)
+            msg.position = self.env.positions(group).tolist()
+            msg.velocity = self.env.velocities(group).tolist()
+            pub.publish(msg)
+
+    def _publish_score(self) -> None:
+        self.success_pub.publish(Bool(data=bool(self.env.success)))
+        self.progress_pub.publish(Float32(data=float(self.env.progress)))
+        pose = self.env.towel.pose
+        info = {
+            "episode": self._episode_index,
+            "seed": self.env.seed,
+            "towel": {"x": pose.x, "y": pose.y, "yaw": pose.yaw},
+            "time_s": round(self.env.time - self._episode_start, 3),
+            "success": bool(self.env.success),
+            "succeeded": self._first_success is not None,
+            "progress": round(self.env.progress, 4),
+            "fold_error_m": {k: round(v, 4) for k, v in self.env.towel.fold_error().items()},
+        }
+        self.episode_pub.publish(String(data=json.dumps(info)))
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimRobotNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

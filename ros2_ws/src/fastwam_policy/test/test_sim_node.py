@@ -1,0 +1,132 @@
+"""The simulated R1 Lite node over real rclpy/DDS: topics, types, QoS, command following, scripted fold."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
+pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scripts/bootstrap.sh)")
+
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from fastwam.robot_config import load_robot_config  # noqa: E402
+from fastwam_policy.image_codec import decode  # noqa: E402
+from fastwam_policy.sim_robot_node import SimRobotNode  # noqa: E402
+
+pytestmark = pytest.mark.ros
+CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+
+
+@pytest.fixture
+def ros():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    nodes = []
+
+    def add(node):
+        nodes.append(node)
+        executor.add_node(node)
+        return node
+
+    yield context, executor, add
+    for node in nodes:
+        executor.remove_node(node)
+        node.destroy_node()
+    executor.shutdown()
+    rclpy.shutdown(context=context)
+
+
+def spin_until(executor, done, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+
+
+def sim(context, **params) -> SimRobotNode:
+    overrides = [Parameter("robot_config", value=str(CONFIG))]
+    overrides += [Parameter(k, value=v) for k, v in params.items()]
+    return SimRobotNode(context=context, parameter_overrides=overrides)
+
+
+def test_publishes_robot_topics_and_follows_motion_target_commands(ros):
+    context, executor, add = ros
+    config = load_robot_config(CONFIG)
+    node = add(sim(context, seed=3))
+    probe = add(rclpy.create_node("probe", context=context))
+    images, feedback = {}, {}
+    for key, cam in config.topics.cameras.items():
+        # A BEST_EFFORT subscriber receives them; the publishers' QoS is checked below.
+        probe.create_subscription(
+            CompressedImage, cam.topic, lambda m, k=key: images.__setitem__(k, m), qos_profile_sensor_data
+        )
+    for group, topic in config.topics.feedback.items():
+        probe.create_subscription(
+            JointState, topic, lambda m, g=group: feedback.__setitem__(g, m), qos_profile_sensor_data
+        )
+    spin_until(executor, lambda: len(images) == 3 and len(feedback) == 4, 10.0)
+    assert set(images) == set(config.cameras.keys) and set(feedback) == set(config.topics.feedback)
+    for key, msg in images.items():
+        assert "jpeg" in msg.format
+        assert decode(msg).shape == (480, 640, 3)
+        infos = probe.get_publishers_info_by_topic(config.topics.cameras[key].topic)
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.BEST_EFFORT]
+    assert list(feedback["arm_left"].name) == list(config.robot.group("arm_left").joints)
+    start = np.array(feedback["arm_left"].position)
+    np.testing.assert_allclose(start, node.env.home["left"], atol=1e-9)
+
+    # A teleop/policy-style RELIABLE command: targets plus velocity caps; the gripper's position[0].
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    arm_pub = probe.create_publisher(JointState, config.topics.command["arm_left"], reliable)
+    grip_pub = probe.create_publisher(JointState, config.topics.command["gripper_left"], reliable)
+    target = start + np.array([0.3, -0.2, 0.2, 0.1, 0.0, 0.0])
+    arm = JointState(position=target.tolist(), velocity=[0.5] * 6)
+    grip = JointState(position=[0.01])
+    bad = JointState(position=[float("nan")] * 6)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        arm_pub.publish(arm)
+        grip_pub.publish(grip)
+        executor.spin_once(timeout_sec=0.05)
+    arm_pub.publish(bad)  # ignored: the robot keeps its last good targets
+    spin_until(executor, lambda: node.commands_rejected > 0, 2.0)
+    feedback.clear()
+    spin_until(executor, lambda: len(feedback) == 4, 2.0)
+    np.testing.assert_allclose(feedback["arm_left"].position, target, atol=0.02)
+    assert feedback["gripper_left"].position[0] == pytest.approx(0.01, abs=0.002)
+    assert node.commands_received["arm_left"] > 0 and node.commands_rejected >= 1
+    assert not node.env.success
+
+
+def test_scripted_teleop_folds_the_towel_and_reports_success(ros):
+    context, executor, add = ros
+    config = load_robot_config(CONFIG)
+    node = add(sim(context, seed=5, scripted_teleop=True, teleop_start_delay_s=0.2, episodes=1))
+    probe = add(rclpy.create_node("probe", context=context))
+    commands = dict.fromkeys(config.robot.action_groups, 0)
+    episodes = []
+    for group in config.robot.action_groups:
+        probe.create_subscription(
+            JointState,
+            config.topics.command[group],
+            lambda m, g=group: commands.__setitem__(g, commands[g] + 1),
+            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+        )
+    probe.create_subscription(String, "/sim_robot/episode", lambda m: episodes.append(json.loads(m.data)), 10)
+    spin_until(executor, lambda: node.finished, 25.0)
+    assert node.finished
+    [result] = node.results
+    assert result.success and result.seed == 5
+    assert 5.0 < result.first_success_s < 10.0
+    # The teleop's commands went out on the robot's command topics (what a recorder records).
+    assert all(n > 60 for n in commands.values()), commands
+    assert any(e["succeeded"] for e in episodes)
