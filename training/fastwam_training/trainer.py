@@ -1,0 +1,455 @@
+"""The training loop: Hugging Face accelerate (1 process, DDP, FSDP or DeepSpeed), exact resume.
+
+Run directory layout (config.output_dir):
+    config.yaml                     the resolved experiment config
+    stats.json                      normalization statistics used (copied from the dataset's)
+    logs/                           TensorBoard
+    checkpoints/step_000100/
+        model/                      fastwam.checkpoint format (what the policy node loads)
+        model_ema/                  the EMA weights in the same format (when EMA is on)
+        training_state/             accelerate state: weights, optimizer, scheduler, RNG, EMA
+        trainer_state.json          step and data position; written last (the commit marker)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fastwam.camera import composite_to_tensor
+from fastwam.data.lerobot import LeRobotDataset
+from fastwam.data.stats import load_or_compute_stats
+from fastwam.data.windows import DatasetKeys, WindowDataset, WindowSpec, split_episodes
+from fastwam.normalize import NormalizationStats, Normalizer
+from fastwam_training import modeling
+from fastwam_training.caches import (
+    CachedLatentWindows,
+    LatentCache,
+    TextEmbeddingCache,
+    fingerprint,
+    unique_instructions,
+)
+from fastwam_training.config import ExperimentConfig
+from fastwam_training.optim import EMA, build_optimizer, build_scheduler
+from fastwam_training.sampling import ResumableBatchSampler
+
+log = logging.getLogger("fastwam_training")
+STATE_FILE = "trainer_state.json"
+
+
+class LossModule(nn.Module):
+    """Routes forward() to FastWAM.training_loss so that DDP/FSDP see a normal forward call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
+        return self.model.training_loss(**inputs)
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.out = Path(config.output_dir)
+        train = config.train
+        cpu = train.cpu or not torch.cuda.is_available()
+        precision = train.mixed_precision
+        if precision == "auto":
+            precision = "no" if cpu else "bf16"
+        self.accelerator = accelerator or Accelerator(
+            cpu=cpu,
+            mixed_precision=precision,
+            gradient_accumulation_steps=train.grad_accum,
+            log_with="tensorboard" if config.logging.tensorboard else None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.out), logging_dir=str(self.out / "logs")
+            ),
+        )
+        acc = self.accelerator
+        set_seed(config.seed, device_specific=False)
+        self.robot, self.layout = config.robot_and_cameras()
+
+        # -- data ----------------------------------------------------------------------------------
+        dc = config.data
+        if not dc.root:
+            raise ValueError("data.root is not set")
+        self.dataset = LeRobotDataset(config.resolve_path(dc.root))
+        self.keys = DatasetKeys(
+            cameras=dict(dc.cameras),
+            state=dc.state_key,
+            action=dc.action_key,
+            state_names=tuple(self.robot.state_joint_names),
+            action_names=tuple(self.robot.action_joint_names),
+        )
+        self.keys.check(self.dataset, self.layout)
+        stats_path = config.resolve_path(dc.stats_path) if dc.stats_path else None
+        with acc.main_process_first():  # the main process computes the file; the others then load it
+            self.stats, self.stats_path = load_or_compute_stats(
+                self.dataset,
+                self.keys,
+                stats_path,
+                recompute=dc.recompute_stats and acc.is_main_process,
+                progress=acc.is_main_process and config.logging.progress,
+            )
+        self.normalizer = Normalizer(self.stats, dc.normalization)
+
+        # -- model ---------------------------------------------------------------------------------
+        self.model, self.components = modeling.build(config, self.robot, self.layout)
+        self.model_config = self.model.config
+        self.spec = WindowSpec(
+            action_horizon=self.model_config.action_horizon,
+            video_frames=self.model_config.num_video_frames,
+            video_stride=dc.video_stride,
+        )
+        self.components_id = fingerprint(
+            self.components.text_encoder, self.components.text_encoder.config.to_dict()
+        )
+        if train.gradient_checkpointing:
+            modeling.enable_gradient_checkpointing(self.model)
+
+        train_eps, val_eps = split_episodes(self.dataset.episode_indices, dc.val_episodes, seed=config.seed)
+        self.train_episodes, self.val_episodes = train_eps, val_eps
+        cache = config.cache
+        stride = cache.latent_stride if cache.latents else 1
+        check = dc.check_videos and acc.is_main_process
+        self.train_windows = WindowDataset(
+            self.dataset,
+            self.layout,
+            self.keys,
+            self.spec,
+            train_eps,
+            load_video=True,
+            check_videos=check,
+            start_stride=stride,
+        )
+        self.val_windows = (
+            WindowDataset(self.dataset, self.layout, self.keys, self.spec, val_eps, check_videos=check)
+            if val_eps
+            else None
+        )
+        self._setup_caches()
+
+        # -- optimization --------------------------------------------------------------------------
+        self.optimizer = build_optimizer(self.model.parameters(), train)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        self.ema = EMA(self.model.parameters(), train.ema_decay) if train.ema_decay else None
+        self.loss_module, self.optimizer = acc.prepare(LossModule(self.model), self.optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        if self.ema is not None:
+            acc.register_for_checkpointing(self.ema)
+        self.components.vae.to(acc.device)
+        self.components.text_encoder.to(acc.device)
+        self.step = 0  # optimizer steps done
+        if config.checkpoint.resume:
+            self.resume(config.checkpoint.resume)
+
+    # -- caches --------------------------------------------------------------------------------------
+    def _setup_caches(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        cache_dir = Path(cfg.resolve_path(cfg.cache.dir)) if cfg.cache.dir else self.out / "cache"
+        progress = acc.is_main_process and cfg.logging.progress
+        self.text_cache = None
+        if cfg.cache.text:
+            instructions = unique_instructions(self.train_windows)
+            if self.val_windows is not None:
+                instructions = sorted(set(instructions) | set(unique_instructions(self.val_windows)))
+            with acc.main_process_first():
+                self.text_cache = TextEmbeddingCache.build_or_load(
+                    cache_dir / "text_embeds.safetensors",
+                    instructions,
+                    self.components,
+                    self.components_id,
+                    cfg.cache.batch_size,
+                    progress,
+                )
+        self.train_data: torch.utils.data.Dataset = self.train_windows
+        if cfg.cache.latents:
+            vae_id = fingerprint(self.components.vae, dict(self.components.vae.config))
+            latents = LatentCache(cache_dir / "latents", vae_id, self.train_windows)
+            if acc.is_main_process:
+                latents.build(self.train_windows, self.components, cfg.cache.batch_size, progress)
+            acc.wait_for_everyone()
+            self.train_windows.load_video = False
+            self.train_data = CachedLatentWindows(self.train_windows, latents)
+
+    # -- data ----------------------------------------------------------------------------------------
+    def train_loader(self, start: int) -> DataLoader:
+        acc = self.accelerator
+        sampler = ResumableBatchSampler(
+            len(self.train_data),
+            self.config.train.batch_size,
+            self.config.seed,
+            acc.process_index,
+            acc.num_processes,
+            start=start,
+        )
+        self.batches_per_epoch = sampler.batches_per_epoch
+        return DataLoader(
+            self.train_data,
+            batch_sampler=sampler,
+            num_workers=self.config.data.num_workers,
+            persistent_workers=False,
+            pin_memory=acc.device.type == "cuda",
+        )
+
+    def model_inputs(self, batch: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+        """A collated window batch -> FastWAM.training_loss arguments (normalized, on device)."""
+        device = self.accelerator.device
+        if "latents" in batch:
+            latents = batch["latents"].to(device)
+        else:
+            video = composite_to_tensor(batch["video"].numpy())  # [B, V, 3, H, W]
+            latents = self.components.encode_video(video.permute(0, 2, 1, 3, 4).to(device))
+        frame_mask = batch["frame_mask"].to(device)
+        lf_mask = modeling.latent_frame_mask(frame_mask, self.model_config.vae_temporal_factor)
+        instructions = list(batch["instruction"])
+        if self.text_cache is not None:
+            embeds, mask = self.text_cache.lookup(instructions)
+        else:
+            embeds, mask = self.components.encode_text(instructions)
+        action = self.normalizer.normalize("action", batch["action"].to(device, torch.float32))
+        state = None
+        if self.model_config.state_dim > 0:
+            state = self.normalizer.normalize("state", batch["state"].to(device, torch.float32))
+        return {
+            "latents": latents.float(),
+            "actions": action,
+            "action_mask": batch["action_mask"].to(device),
+            "latent_frame_mask": lf_mask,
+            "text_embeds": embeds.to(device).float(),
+            "text_mask": mask.to(device),
+            "state": state,
+            "generator": generator,
+        }
+
+    def step_generator(self, step: int, micro: int) -> torch.Generator:
+        """Noise and timesteps of a micro-batch depend only on (seed, step, micro, rank): exact resume."""
+        acc = self.accelerator
+        seed = ((self.config.seed * 1_000_003 + step) * 131 + micro) * 4099 + acc.process_index
+        return torch.Generator(device=acc.device).manual_seed(seed % (2**63))
+
+    # -- training ------------------------------------------------------------------------------------
+    def train(self) -> list[dict[str, float]]:
+        """Run to train.max_steps; returns the logged loss rows (one per optimizer step)."""
+        cfg, acc = self.config, self.accelerator
+        train = cfg.train
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+            self.stats.save(self.out / "stats.json")
+            if cfg.logging.tensorboard:
+                acc.init_trackers(cfg.name, config=_flat_hparams(cfg.to_dict()))
+        loader = iter(self.train_loader(start=self.step * train.grad_accum))
+        history: list[dict[str, float]] = []
+        bar = tqdm(
+            total=train.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (acc.is_main_process and cfg.logging.progress),
+        )
+        samples_per_step = train.batch_size * train.grad_accum * acc.num_processes
+        window_start, window_steps = time.perf_counter(), 0
+        self.loss_module.train()
+        while self.step < train.max_steps:
+            totals = {"loss": 0.0, "action_loss": 0.0, "video_loss": 0.0}
+            for micro in range(train.grad_accum):
+                batch = next(loader)
+                with acc.accumulate(self.loss_module):
+                    inputs = self.model_inputs(batch, self.step_generator(self.step, micro))
+                    with acc.autocast():
+                        losses = self.loss_module(**inputs)
+                    acc.backward(losses["loss"])
+                    if acc.sync_gradients and train.grad_clip > 0:
+                        acc.clip_grad_norm_(self.loss_module.parameters(), train.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for key in totals:
+                    totals[key] += float(losses[key].detach()) / train.grad_accum
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
+            self.step += 1
+            window_steps += 1
+            row = {"step": self.step, **totals, "lr": self.scheduler.get_last_lr()[0]}
+            history.append(row)
+            bar.update(1)
+            if self.step % cfg.logging.every == 0 or self.step == train.max_steps:
+                elapsed = time.perf_counter() - window_start
+                row["samples_per_s"] = samples_per_step * window_steps / max(elapsed, 1e-9)
+                window_start, window_steps = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{totals['loss']:.4f}", act=f"{totals['action_loss']:.4f}")
+                acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)
+            if (
+                cfg.validation.every
+                and self.val_windows is not None
+                and self.step % cfg.validation.every == 0
+            ):
+                acc.log(self.validate(), step=self.step)
+            if cfg.checkpoint.every and (
+                self.step % cfg.checkpoint.every == 0 or self.step == train.max_steps
+            ):
+                self.save_checkpoint()
+        bar.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return history
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Held-out episodes: losses and sampled-action error (normalized and physical units)."""
+        cfg, acc = self.config, self.accelerator
+        assert self.val_windows is not None
+        model = acc.unwrap_model(self.loss_module).model
+        was_training = model.training
+        model.eval()
+        n = len(self.val_windows)
+        indices = list(range(acc.process_index, n, acc.num_processes))
+        bs = cfg.validation.batch_size
+        sums = torch.zeros(6, device=acc.device, dtype=torch.float64)
+        for b in range(min(cfg.validation.batches, math.ceil(len(indices) / bs))):
+            items = [self.val_windows[i] for i in indices[b * bs : (b + 1) * bs]]
+            batch = torch.utils.data.default_collate(items)
+            inputs = self.model_inputs(batch, self.step_generator(0, 10_000 + b))
+            with acc.autocast():
+                losses = model.training_loss(**inputs)
+                pred = modeling.sample_actions(model, inputs, self.step_generator(0, 20_000 + b))
+            mask = inputs["action_mask"].unsqueeze(-1).float()
+            count = mask.sum() * pred.shape[-1]
+            err_norm = ((pred.float() - inputs["actions"]) * mask).abs().sum()
+            physical_pred = self.normalizer.unnormalize("action", pred.float())
+            physical_true = batch["action"].to(acc.device, torch.float32)
+            err_phys = ((physical_pred - physical_true) * mask).abs().sum()
+            k = len(items)
+            sums += torch.tensor(
+                [
+                    float(losses["action_loss"]) * k,
+                    float(losses["video_loss"]) * k,
+                    k,
+                    float(err_norm),
+                    float(err_phys),
+                    float(count),
+                ],
+                device=acc.device,
+                dtype=torch.float64,
+            )
+        sums = acc.reduce(sums, reduction="sum")
+        model.train(was_training)
+        k, count = max(float(sums[2]), 1.0), max(float(sums[5]), 1.0)
+        return {
+            "val/action_loss": float(sums[0]) / k,
+            "val/video_loss": float(sums[1]) / k,
+            "val/action_mae_normalized": float(sums[3]) / count,
+            "val/action_mae_physical": float(sums[4]) / count,
+        }
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        acc, cfg = self.accelerator, self.config
+        path = self.checkpoint_root / f"step_{self.step:07d}"
+        acc.wait_for_everyone()
+        acc.save_state(str(path / "training_state"))
+        state_dict = acc.get_state_dict(self.loss_module)  # gathered full weights (FSDP/ZeRO-3 safe)
+        if acc.is_main_process:
+            prefix = "model."
+            weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            self._export(path / "model", weights)
+            if self.ema is not None:
+                names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+                ema_weights = {**weights, **{n: s.cpu() for n, s in zip(names, self.ema.shadow, strict=True)}}
+                self._export(path / "model_ema", ema_weights)
+            self.stats.save(path / "stats.json")
+            trainer_state = {
+                "step": self.step,
+                "micro_batches": self.step * cfg.train.grad_accum,
+                "num_processes": acc.num_processes,
+                "config": cfg.to_dict(),
+            }
+            (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return path
+
+    def _export(self, path: Path, weights: dict[str, torch.Tensor]) -> None:
+        cfg = self.config
+        control_fps = self.dataset.fps
+        if cfg.robot_config is not None:
+            from fastwam.robot_config import load_robot_config
+
+            control_fps = load_robot_config(cfg.resolve_path(cfg.robot_config)).control.rate_hz
+        modeling.save(
+            path,
+            weights,
+            self.model_config,
+            cfg,
+            self.robot,
+            self.layout,
+            self.stats,
+            self.components,
+            control_fps=control_fps,
+            dataset_fps=self.dataset.fps,
+            extra={"experiment": cfg.name, "step": self.step, "dataset": str(self.dataset.root)},
+        )
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.config.checkpoint.keep_last
+        done = sorted(p for p in self.checkpoint_root.glob("step_*") if (p / STATE_FILE).is_file())
+        if keep > 0:
+            for old in done[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self, where: str) -> None:
+        """Restore weights, optimizer, scheduler, RNG, EMA and data position from a checkpoint."""
+        path = latest_checkpoint(self.checkpoint_root) if where == "latest" else Path(where)
+        if path is None:
+            log.info("resume=latest but no checkpoint in %s: starting fresh", self.checkpoint_root)
+            return
+        state_file = path / STATE_FILE
+        if not state_file.is_file():
+            raise FileNotFoundError(f"not a complete training checkpoint (no {STATE_FILE}): {path}")
+        state = json.loads(state_file.read_text())
+        if state["num_processes"] != self.accelerator.num_processes:
+            raise ValueError(
+                f"{path}: saved with {state['num_processes']} processes, resuming with "
+                f"{self.accelerator.num_processes}: the data order would differ"
+            )
+        saved_stats = NormalizationStats.load(path / "stats.json")
+        if saved_stats.to_dict() != self.stats.to_dict():
+            raise ValueError(f"{path}: normalization statistics differ from {self.stats_path}")
+        self.accelerator.load_state(str(path / "training_state"))
+        self.step = int(state["step"])
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = sorted(p for p in Path(root).glob("step_*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def _flat_hparams(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "/"))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
