@@ -175,6 +175,11 @@ class ChunkExecutor:
         self.hold()
         self._last = position.copy()
 
+    def clear(self) -> None:
+        """Forget the plan and the last command: the next merge needs `reset` first."""
+        self.hold()
+        self._last = None
+
     def hold(self) -> None:
         """Drop the plan: no further commands until a chunk is merged; the last command stays."""
         self._plan = None

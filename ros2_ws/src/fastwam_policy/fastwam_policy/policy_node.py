@@ -1,0 +1,701 @@
+"""The Fast-WAM policy node: cameras + joint feedback -> action chunks -> R1 Lite joint targets.
+
+A thin rclpy adapter over the ROS-free pieces: `fastwam.observation.InputTracker` (newest frame per
+camera, joint state nearest the head frame, freshness), `fastwam.policy.FastWAMPolicy` (inference),
+`fastwam.execution.ChunkExecutor` (alignment, blending, limits) and `image_codec` (decoding).
+
+Threads. Subscriptions, services, the e-stop and the control timer run on the ROS executor; the
+model runs on a worker thread, so everything stays live while it predicts. A replan starts when a
+head-camera frame arrives and the plan is down to ``replan_steps_left`` steps: the worker decodes
+that observation, predicts, and merges the chunk into the plan aligned to the present (steps that
+elapsed since the frame's stamp are skipped) and blended over ``blend_steps``. The first step of a
+new plan is commanded at once and the control timer restarts from there, so neither the chunk
+boundary nor the wait for the next tick adds latency. One lock guards the plan and every command.
+
+States (fastwam_msgs/PolicyStatus), highest priority first:
+
+    ERROR      model failed to load, checkpoint does not match the robot config, or inference
+               failed 3 times in a row. Nothing is commanded; restart the node.
+    STARTING   loading the checkpoint and running the warm-up inference. Nothing is commanded.
+    ESTOP      ~/estop received true. Commanding stops at once; latched until ~/estop false, after
+               which the node is in dry-run and motion must be enabled again.
+    HOLDING    an input is missing, stale, skewed or invalid, or the last chunk was discarded
+               (NaN/Inf, too late, inference error). No new chunk, no command: the robot keeps its
+               last target. The reason names the stream and the limit. Leaves when inputs recover.
+    EXECUTING  motion enabled: one JointState per command topic at the control rate, plus the
+               whole plan as a JointTrajectory when a chunk lands.
+    DRY_RUN    motion disabled (the default): the same predictions and execution bookkeeping,
+               monitoring published, nothing on the command or trajectory topics.
+
+Motion is enabled by the ``motion_enabled`` parameter or ~/set_motion_enabled (both take the same
+path; enabling is refused in STARTING, ERROR and ESTOP). On enabling, the plan restarts from the
+measured joint positions. Every command is clamped to the joint limits and moves each joint by at
+most max_velocity / rate per step. Disabling, errors, e-stop and shutdown stop commanding.
+
+Topics (names from the robot config; ~ is this node's namespace): cameras (CompressedImage or
+Image) and joint feedback in, BEST_EFFORT depth 1; R1 Lite JointState targets, ~/joint_trajectory,
+~/action_chunk, ~/status (1 Hz and on change), ~/composite_image, ~/chunk_plot out, reliable.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration, Time
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from fastwam.execution import ChunkExecutor, JointLimits
+from fastwam.observation import InputTracker, Observation, order_joint_positions
+from fastwam.robot_config import RobotConfig, load_robot_config
+from fastwam_msgs.msg import ActionChunk, PolicyStatus
+from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
+from fastwam_policy import image_codec
+from fastwam_policy.chunk_plot import render_chunk_plot
+
+NODE_NAME = "fastwam_policy"
+INPUT_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
+OUTPUT_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+IMAGE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+ESTOP_QOS = QoSProfile(
+    depth=10,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+MAX_INFERENCE_FAILURES = 3  # consecutive; then ERROR
+LATENCY_WINDOW = 50  # chunks in the latency median / p95
+
+
+@dataclass(frozen=True)
+class _Request:
+    observation: Observation
+    instruction: str
+    generation: int  # instruction generation: results of an older one are dropped
+
+
+def default_robot_config() -> str:
+    """fastwam_bringup's installed config/r1_lite.yaml ('' when the package is not installed)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:  # pragma: no cover - ament_index_python ships with rclpy
+        return ""
+    try:
+        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
+    except PackageNotFoundError:
+        return ""
+
+
+def _seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _to_time(seconds: float) -> Time:
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def _to_duration(seconds: float) -> Duration:
+    ns = int(round(seconds * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+class FastWAMPolicyNode(Node):
+    """See the module docstring. Construct with ``parameter_overrides=[Parameter(...)]`` in-process."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._declare_parameters()
+        config_path = self.get_parameter("robot_config").value or default_robot_config()
+        if not config_path:
+            raise ValueError("parameter 'robot_config' is empty and fastwam_bringup is not installed")
+        self.config: RobotConfig = load_robot_config(config_path)
+        robot, control = self.config.robot, self.config.control
+        self.period = 1.0 / control.rate_hz
+
+        self._lock = threading.RLock()
+        groups = list(dict.fromkeys([*robot.action_groups, *robot.state_groups]))
+        self._tracker = InputTracker(
+            self.config.cameras.keys, {g: len(robot.group(g).joints) for g in groups}, self.config.freshness
+        )
+        self._plan = ChunkExecutor(
+            JointLimits.from_robot(robot, control.rate_hz),
+            control.rate_hz,
+            control.blend_steps,
+            control.replan_steps_left,
+        )
+        # Lifecycle flags (guarded by _lock); the state is derived from them in _state().
+        self._ready = False
+        self._starting = "loading checkpoint"
+        self._error = ""
+        self._estop = False
+        self._motion_enabled = False
+        self._motion_requested = bool(self.get_parameter("motion_enabled").value)
+        self._shutting_down = False
+        self._problems: list[str] = []
+        self._hold_reason = ""  # last chunk discarded / inference failed
+        self._instruction = str(self.get_parameter("instruction").value)
+        self._generation = 0
+        self._replan_now = False
+        self._busy = False  # the worker has a request
+        self._request: _Request | None = None
+        self._failures = 0
+        self._chunks_predicted = 0
+        self._steps_executed = 0
+        self._last_step_time = -1.0
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._published_state: tuple[int, str, bool] | None = None
+        self._logged_state: tuple[int, str] | None = None
+        self._policy = None
+        self._generator = None
+
+        control_group = MutuallyExclusiveCallbackGroup()
+        input_group = ReentrantCallbackGroup()
+        command_group = MutuallyExclusiveCallbackGroup()
+        monitor_group = MutuallyExclusiveCallbackGroup()
+
+        topics = self.config.topics
+        self._command_pubs = {
+            g: self.create_publisher(JointState, topics.command[g], OUTPUT_QOS) for g in robot.action_groups
+        }
+        self._trajectory_pub = self.create_publisher(JointTrajectory, topics.joint_trajectory, OUTPUT_QOS)
+        self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", OUTPUT_QOS)
+        self._status_pub = self.create_publisher(PolicyStatus, "~/status", OUTPUT_QOS)
+        self._composite_pub = self.create_publisher(Image, "~/composite_image", IMAGE_QOS)
+        self._plot_pub = self.create_publisher(Image, "~/chunk_plot", IMAGE_QOS)
+
+        self._camera_topics = {k: c.topic for k, c in topics.cameras.items()}
+        for key, cam in topics.cameras.items():
+            msg_type = CompressedImage if cam.transport == "compressed" else Image
+            self.create_subscription(
+                msg_type,
+                cam.topic,
+                lambda msg, key=key: self._on_camera(key, msg),
+                INPUT_QOS,
+                callback_group=input_group,
+            )
+        for group in groups:
+            self.create_subscription(
+                JointState,
+                topics.feedback[group],
+                lambda msg, group=group: self._on_joints(group, msg),
+                INPUT_QOS,
+                callback_group=input_group,
+            )
+        self.create_subscription(Bool, "~/estop", self._on_estop, ESTOP_QOS, callback_group=command_group)
+        self.create_service(
+            SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=command_group
+        )
+        self.create_service(
+            SetMotionEnabled,
+            "~/set_motion_enabled",
+            self._on_set_motion_enabled,
+            callback_group=command_group,
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._control_timer = self.create_timer(
+            self.period, self._on_control_tick, callback_group=control_group
+        )
+        self.create_timer(1.0, self._publish_status, callback_group=monitor_group)
+        self.create_timer(0.5, self._publish_plot, callback_group=monitor_group)
+
+        self._decoder = ThreadPoolExecutor(
+            max_workers=len(self.config.cameras.keys), thread_name_prefix="decode"
+        )
+        self._wake = threading.Condition(self._lock)
+        self._worker = threading.Thread(target=self._run_worker, name="fastwam_inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"robot config {config_path}; checkpoint {self.get_parameter('checkpoint').value}; "
+            f"control {control.rate_hz:g} Hz; dry-run until motion is enabled"
+        )
+
+    # ---- parameters --------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        def declare(name, default, description, read_only=True):
+            self.declare_parameter(
+                name, default, ParameterDescriptor(description=description, read_only=read_only)
+            )
+
+        declare("checkpoint", "", "Fast-WAM checkpoint directory (checkpoint.json + model.safetensors)")
+        declare(
+            "robot_config",
+            "",
+            "Robot config YAML (robot spec, cameras, topics, control, freshness); "
+            "default: fastwam_bringup/config/r1_lite.yaml",
+        )
+        declare("instruction", "", "Language instruction the policy is conditioned on", read_only=False)
+        declare(
+            "motion_enabled",
+            False,
+            "Command the robot (true) or only predict and publish monitoring (false, dry-run)",
+            read_only=False,
+        )
+        declare("device", "auto", "Torch device for inference: auto (cuda if available), cpu, cuda, cuda:N")
+        declare(
+            "dtype",
+            "auto",
+            "Inference dtype: auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16",
+        )
+        declare("seed", 0, "Seed of the sampler's noise generator (flow matching starts from noise)")
+        declare("warmup_runs", 1, "Inference runs on blank images at start-up before the node is ready")
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        with self._lock:
+            for p in params:
+                if p.name == "motion_enabled" and p.value is True and not self._motion_enabled:
+                    refusal = self._enable_refusal()
+                    if refusal:
+                        return SetParametersResult(successful=False, reason=refusal)
+                if p.name == "instruction" and not isinstance(p.value, str):
+                    return SetParametersResult(successful=False, reason="instruction must be a string")
+            for p in params:
+                if p.name == "motion_enabled":
+                    self._set_motion(bool(p.value))
+                elif p.name == "instruction" and p.value != self._instruction:
+                    self._instruction = p.value
+                    self._generation += 1  # a chunk in flight for the old instruction is dropped
+                    self._replan_now = True
+                    self.get_logger().info(f"instruction: {p.value!r}")
+        self._publish_status(only_on_change=True)
+        return SetParametersResult(successful=True)
+
+    def _enable_refusal(self) -> str:
+        if self._error:
+            return f"cannot enable motion: node in ERROR ({self._error})"
+        if self._estop:
+            return "cannot enable motion: emergency stop latched (publish false on ~/estop first)"
+        if not self._ready:
+            return f"cannot enable motion: node still starting ({self._starting})"
+        return ""
+
+    def _set_motion(self, enabled: bool) -> None:
+        if enabled and not self._motion_enabled:
+            self._plan.clear()  # restart from the measured joints, not from the dry-run plan
+            self._motion_enabled = True
+            self.get_logger().info("motion enabled")
+        elif not enabled and self._motion_enabled:
+            self._motion_enabled = False
+            self.get_logger().info("motion disabled (dry-run)")
+        self._motion_requested = enabled
+
+    # ---- services and e-stop -----------------------------------------------------------------
+    def _on_set_instruction(self, request, response):
+        result = self.set_parameters([Parameter("instruction", Parameter.Type.STRING, request.instruction)])[
+            0
+        ]
+        response.success = result.successful
+        response.message = result.reason or f"instruction set to {request.instruction!r}"
+        return response
+
+    def _on_set_motion_enabled(self, request, response):
+        result = self.set_parameters(
+            [Parameter("motion_enabled", Parameter.Type.BOOL, bool(request.enabled))]
+        )[0]
+        response.success = result.successful
+        response.message = result.reason or ("motion enabled" if request.enabled else "motion disabled")
+        return response
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data and not self._estop:
+                self._estop = True
+                self._motion_enabled = False
+                self._plan.hold()
+                self.get_logger().error("EMERGENCY STOP: commanding stopped, latched until ~/estop false")
+            elif not msg.data and self._estop:
+                self._estop = False
+                self._plan.clear()
+                self.get_logger().warning("emergency stop released: dry-run; enable motion again to move")
+            else:
+                return
+        if self.get_parameter("motion_enabled").value:
+            self.set_parameters([Parameter("motion_enabled", Parameter.Type.BOOL, False)])
+        self._publish_status(only_on_change=True)
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_camera(self, key: str, msg) -> None:
+        now = self._now()
+        stamp = _seconds(msg.header.stamp) or now  # an unstamped driver: arrival time
+        try:
+            image_codec.check(msg)
+        except image_codec.ImageError as error:
+            with self._lock:
+                self._tracker.reject_frame(key, now, f"{self._camera_topics[key]}: {error}")
+            self.get_logger().warning(f"camera {key!r}: {error}", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._tracker.add_frame(key, stamp, now, msg)
+            if key == self._tracker.reference:
+                self._maybe_request(now)
+
+    def _on_joints(self, group: str, msg: JointState) -> None:
+        now = self._now()
+        stamp = _seconds(msg.header.stamp) or now
+        topic = self.config.topics.feedback[group]
+        try:
+            positions = order_joint_positions(
+                msg.name, msg.position, self.config.robot.group(group).joints, topic
+            )
+        except ValueError as error:
+            with self._lock:
+                self._tracker.reject_joints(group, str(error))
+            self.get_logger().warning(f"joint state {group!r}: {error}", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._tracker.add_joints(group, stamp, positions)
+
+    def _maybe_request(self, now: float) -> None:
+        """Hand the newest observation to the worker if a chunk is due (caller holds the lock)."""
+        if not self._ready or self._error or self._estop or self._busy or self._shutting_down:
+            return
+        if not (self._plan.needs_chunk or self._replan_now):
+            return
+        observation = self._tracker.observation(now)
+        if isinstance(observation, list):
+            self._problems = observation
+            return
+        self._busy = True
+        self._replan_now = False
+        self._request = _Request(observation, self._instruction, self._generation)
+        self._wake.notify()
+
+    # ---- control -----------------------------------------------------------------------------
+    def _commanding(self) -> bool:
+        return (
+            self._motion_enabled and self._ready and not (self._estop or self._error or self._shutting_down)
+        )
+
+    def _on_control_tick(self) -> None:
+        with self._lock:
+            now = self._now()
+            if now - self._last_step_time >= 0.5 * self.period:  # a chunk just stepped: not twice
+                self._control_step(now)
+        self._publish_status(only_on_change=True)
+
+    def _control_step(self, now: float) -> None:
+        """Command the plan's next step (caller holds the lock)."""
+        if not self._ready or self._error or self._estop or self._shutting_down:
+            return
+        self._problems = self._tracker.problems(now)
+        if self._problems:
+            self._plan.hold()  # inputs bad: the robot keeps its last target
+            return
+        command = self._plan.step()
+        self._last_step_time = now
+        if command is None:
+            return
+        self._steps_executed += 1
+        if self._commanding():
+            self._publish_command(command, now)
+
+    def _publish_command(self, command: np.ndarray, now: float) -> None:
+        robot = self.config.robot
+        stamp = _to_time(now)
+        for group, values in robot.split(command, robot.action_groups).items():
+            joints = robot.group(group)
+            msg = JointState(name=list(joints.joints), position=values.tolist())
+            msg.header.stamp = stamp
+            if joints.unit == "rad":  # arms: per-joint velocity caps; grippers read position[0] only
+                msg.velocity = list(joints.max_velocity)
+            self._command_pubs[group].publish(msg)
+
+    def _trajectory(self, targets: np.ndarray, stamp: float) -> JointTrajectory:
+        msg = JointTrajectory(joint_names=list(self.config.robot.action_joint_names))
+        msg.header.stamp = _to_time(stamp)
+        msg.points = [
+            JointTrajectoryPoint(positions=row.tolist(), time_from_start=_to_duration(i * self.period))
+            for i, row in enumerate(targets)
+        ]
+        return msg
+
+    # ---- worker ------------------------------------------------------------------------------
+    def _run_worker(self) -> None:
+        try:
+            self._load_model()
+        except Exception as error:  # any failure here is reported, never raised into the executor
+            with self._lock:
+                self._error = f"start-up failed: {type(error).__name__}: {error}"
+            self.get_logger().error(self._error)
+            self._publish_status(only_on_change=True)
+            return
+        while True:
+            with self._lock:
+                while self._request is None and not self._shutting_down:
+                    self._wake.wait(timeout=1.0)
+                if self._shutting_down:
+                    return
+                request, self._request = self._request, None
+            try:
+                self._infer(request)
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def _load_model(self) -> None:
+        import torch
+
+        from fastwam.policy import FastWAMPolicy
+
+        checkpoint = self.get_parameter("checkpoint").value
+        if not checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty")
+        device = self.get_parameter("device").value
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype_name = self.get_parameter("dtype").value
+        if dtype_name == "auto":
+            dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype_name not in dtypes:
+            raise ValueError(f"parameter 'dtype' must be auto or one of {sorted(dtypes)}, got {dtype_name!r}")
+        self.get_logger().info(f"loading {checkpoint} on {device} ({dtype_name})")
+        policy = FastWAMPolicy.from_pretrained(checkpoint, device=device, dtype=dtypes[dtype_name])
+        # Action dims map to joints through the checkpoint's robot spec, checked against the config.
+        policy.robot.check_matches(self.config.robot)
+        if policy.camera_layout != self.config.cameras:
+            raise ValueError(
+                f"checkpoint camera layout {policy.camera_layout.to_dict()} != robot config cameras "
+                f"{self.config.cameras.to_dict()}"
+            )
+        if abs(policy.fps - self.config.control.rate_hz) > 1e-6:
+            raise ValueError(
+                f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
+                f"{self.config.control.rate_hz:g} Hz"
+            )
+        generator = torch.Generator(device=device).manual_seed(int(self.get_parameter("seed").value))
+        with self._lock:
+            self._starting = "warming up"
+        self._publish_status(only_on_change=True)
+        robot = self.config.robot
+        images = {
+            view.key: np.zeros((view.height, view.width, 3), np.uint8)
+            for row in self.config.cameras.rows
+            for view in row
+        }
+        middle = {g: (np.array(robot.group(g).lower) + robot.group(g).upper) / 2 for g in robot.state_groups}
+        state = robot.join(middle, robot.state_groups) if robot.state_groups else None
+        for _ in range(max(0, int(self.get_parameter("warmup_runs").value))):
+            out = policy.predict(images, state, self._instruction, generator=generator)
+            if out.actions.shape != (policy.action_horizon, robot.action_dim):
+                raise ValueError(f"warm-up chunk has shape {out.actions.shape}")
+        with self._lock:
+            self._policy, self._generator = policy, generator
+            self._ready = True
+            if self._motion_requested and not self._estop:
+                self._set_motion(True)
+        self.get_logger().info(f"ready: horizon {policy.action_horizon} steps at {policy.fps:g} Hz")
+        self._publish_status(only_on_change=True)
+
+    def _infer(self, request: _Request) -> None:
+        observation, robot = request.observation, self.config.robot
+        keys = self.config.cameras.keys
+        decoded = dict(zip(keys, self._decoder.map(self._decode, [observation.frames[k] for k in keys])))
+        failed = {k: v for k, v in decoded.items() if isinstance(v, str)}
+        if failed:
+            with self._lock:
+                for key, message in failed.items():
+                    self._tracker.frame_failed(key, observation.frames[key].seq, message)
+            return
+        with self._lock:
+            if self._shutting_down:
+                return
+            show = self._composite_pub.get_subscription_count() > 0
+        if show:
+            self._publish_image(self._composite_pub, self.config.cameras.compose(decoded), observation.stamp)
+        state = robot.join(observation.joints, robot.state_groups) if robot.state_groups else None
+        try:
+            out = self._policy.predict(decoded, state, request.instruction, generator=self._generator)
+            actions, timings = out.actions, out.timings_ms
+        except Exception as error:  # the model must not take the node down; repeated failure: ERROR
+            with self._lock:
+                self._chunks_predicted += 1
+                self._failures += 1
+                self._hold_reason = f"inference failed: {type(error).__name__}: {error}"
+                self._plan.hold()
+                if self._failures >= MAX_INFERENCE_FAILURES:
+                    self._error = f"{self._failures} consecutive inference failures; last: {error}"
+                    self._motion_enabled = False
+            self.get_logger().error(self._hold_reason)
+            self._publish_status(only_on_change=True)
+            return
+        with self._lock:
+            self._chunks_predicted += 1
+            sequence = self._chunks_predicted
+            if request.generation != self._generation or not self._ready or self._estop or self._error:
+                return
+            if self._shutting_down:
+                return
+            now = self._now()
+            if self._plan.last_command is None:
+                measured = self._tracker.latest_joints()
+                start = measured if measured is not None else observation.joints
+                self._plan.reset(robot.join(start, robot.action_groups))
+            result = self._plan.merge(actions, observation.stamp, now)
+            if not result.accepted:
+                self._hold_reason = f"chunk {sequence} discarded: {result.reason}"
+                self.get_logger().warning(self._hold_reason, throttle_duration_sec=2.0)
+            else:
+                self._hold_reason = ""
+                self._failures = 0
+                self._latencies.append(float(timings.get("total", 0.0)))
+                if self._commanding():
+                    self._trajectory_pub.publish(self._trajectory(self._plan.plan, now))
+                # The step due now goes out at once; the timer restarts from here.
+                self._last_step_time = -1.0
+                self._control_step(now)
+                self._control_timer.reset()
+                self._chunk_pub.publish(self._chunk_msg(request, actions, timings, sequence, result, now))
+        self._publish_status(only_on_change=True)
+        if result.accepted:
+            self._publish_plot()
+
+    def _decode(self, frame) -> np.ndarray | str:
+        try:
+            return image_codec.decode(frame.payload)
+        except image_codec.ImageError as error:
+            return str(error)
+
+    # ---- monitoring --------------------------------------------------------------------------
+    def _chunk_msg(self, request, actions, timings, sequence, result, now) -> ActionChunk:
+        msg = ActionChunk(
+            instruction=request.instruction, sequence=sequence, steps_skipped=result.steps_skipped
+        )
+        msg.header.stamp = _to_time(request.observation.stamp)
+        msg.trajectory = self._trajectory(actions, request.observation.stamp)
+        # When the chunk was applied: its first command went out with exactly this stamp.
+        msg.trajectory.header.stamp = _to_time(now)
+        for key in ("preprocess", "text_encode", "vae_encode", "prefix", "action", "total"):
+            setattr(msg, f"{key}_ms", float(timings.get(key, 0.0)))
+        return msg
+
+    def _state(self) -> tuple[int, str]:
+        if self._error:
+            return PolicyStatus.STATE_ERROR, self._error
+        if not self._ready:
+            return PolicyStatus.STATE_STARTING, self._starting
+        if self._estop:
+            return PolicyStatus.STATE_ESTOP, "emergency stop latched (~/estop)"
+        if self._problems:
+            return PolicyStatus.STATE_HOLDING, "; ".join(self._problems)
+        if self._hold_reason:
+            return PolicyStatus.STATE_HOLDING, self._hold_reason
+        if self._motion_enabled:
+            return PolicyStatus.STATE_EXECUTING, ""
+        return PolicyStatus.STATE_DRY_RUN, ""
+
+    def _publish_status(self, only_on_change: bool = False) -> None:
+        with self._lock:
+            if self._shutting_down:
+                return
+            state, reason = self._state()
+            key = (state, reason, self._motion_enabled)
+            if only_on_change and key == self._published_state:
+                return
+            self._published_state = key
+            now = self._now()
+            msg = PolicyStatus(state=state, reason=reason, motion_enabled=self._motion_enabled)
+            msg.header.stamp = _to_time(now)
+            msg.instruction = self._instruction
+            if self._latencies:
+                ordered = sorted(self._latencies)
+                msg.latency_median_ms = float(statistics.median(ordered))
+                msg.latency_p95_ms = float(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))])
+            msg.camera_names = list(self.config.cameras.keys)
+            msg.camera_ages_s = [float(a) for a in self._tracker.camera_ages(now)]
+            msg.camera_rates_hz = [float(r) for r in self._tracker.camera_rates(now)]
+            msg.chunks_predicted = self._chunks_predicted
+            msg.steps_executed = self._steps_executed
+            self._status_pub.publish(msg)
+            changed, self._logged_state = (state, reason) != self._logged_state, (state, reason)
+        if changed:
+            text = f"state {_STATE_NAMES[state]}{': ' + reason if reason else ''}"
+            # rclpy loggers fix the severity per call site: one call per severity.
+            if state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_ESTOP, PolicyStatus.STATE_ERROR):
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().info(text)
+
+    def _publish_plot(self) -> None:
+        with self._lock:
+            if self._shutting_down or self._plan.chunk is None:
+                return
+            if self._plot_pub.get_subscription_count() == 0:
+                return
+            chunk, executed, offset = self._plan.chunk, np.array(self._plan.executed), self._plan.chunk_offset
+        robot = self.config.robot
+        image = render_chunk_plot(
+            chunk, executed, offset, robot.action_joint_names, robot.action_lower, robot.action_upper
+        )
+        self._publish_image(self._plot_pub, image, self._now())
+
+    def _publish_image(self, publisher, rgb: np.ndarray, stamp: float) -> None:
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0)
+        msg.header.stamp = _to_time(stamp)
+        msg.step = rgb.shape[1] * 3
+        msg.data = np.ascontiguousarray(rgb).tobytes()  # from bytes: fast (an ndarray is ~100x slower)
+        publisher.publish(msg)
+
+    # ---- shutdown ----------------------------------------------------------------------------
+    def destroy_node(self):
+        with self._lock:
+            self._shutting_down = True  # no command from here on
+            self._motion_enabled = False
+            self._plan.hold()
+            self._wake.notify_all()
+        self._worker.join(timeout=10.0)
+        self._decoder.shutdown(wait=False)
+        return super().destroy_node()
+
+
+_STATE_NAMES = {
+    PolicyStatus.STATE_STARTING: "STARTING",
+    PolicyStatus.STATE_DRY_RUN: "DRY_RUN",
+    PolicyStatus.STATE_EXECUTING: "EXECUTING",
+    PolicyStatus.STATE_HOLDING: "HOLDING",
+    PolicyStatus.STATE_ESTOP: "ESTOP",
+    PolicyStatus.STATE_ERROR: "ERROR",
+}
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = FastWAMPolicyNode()
+    except Exception as error:  # bad robot config / parameters: a clear message, no traceback spam
+        print(f"[{NODE_NAME}] cannot start: {type(error).__name__}: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
