@@ -25,6 +25,8 @@ setup(
     description="Fast-WAM world action model and its ROS 2 policy, recorder and simulation nodes.",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "policy_node = fastwam_policy.policy_node:main",
+        ],
     },
 )
