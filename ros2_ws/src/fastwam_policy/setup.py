@@ -27,6 +27,10 @@ setup(
     entry_points={
         "console_scripts": [
             "policy_node = fastwam_policy.policy_node:main",
+            "recorder_node = fastwam_policy.recorder_node:main",
+            "teleop_keys = fastwam_policy.teleop_keys:main",
+            "sim_robot_node = fastwam_policy.sim_robot_node:main",
+            "bag_to_lerobot = fastwam.data.bag:main",
         ],
     },
 )

@@ -80,7 +80,7 @@ class AlignedEpisode:
     frames: dict[str, np.ndarray]  # camera key -> uint8 [T, H, W, 3]
     state: np.ndarray  # float64 [T, S]
     action: np.ndarray  # float64 [T, A]
-    timestamps: np.ndarray  # float64 [T], seconds (reference camera stamps)
+    timestamps: np.ndarray  # float64 [T], reference camera stamps in seconds since info["start_time_ns"]
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -250,7 +250,9 @@ def align_episode(
     action = config.robot.join(
         _interpolate(streams.command, times, max_gap_s, "command", bag), config.robot.action_groups
     )
-    return AlignedEpisode(frames, state, action, times.astype(np.float64) / 1e9, info)
+    # Seconds since the first frame: float32 readers keep microseconds (epoch seconds would not).
+    info["start_time_ns"] = int(times[0])
+    return AlignedEpisode(frames, state, action, (times - times[0]).astype(np.float64) / 1e9, info)
 
 
 def _nearest(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -1,0 +1,292 @@
+"""Demonstration recorder: cameras, joint feedback and teleop commands -> one rosbag2 MCAP per episode.
+
+Topics come from the robot config (fastwam_bringup/config/r1_lite.yaml): the camera topics, the
+feedback topics of the state groups and the /motion_target command topics of the action groups
+(the commanded targets are the actions). Subscriptions are raw (the CDR bytes go to the bag as
+received, no deserialize/serialize round trip), BEST_EFFORT with a deep queue by default so
+nothing is refused by a best-effort publisher and bursts are absorbed. All disk work happens on
+the writer thread of fastwam.data.episode_bag.EpisodeRecorder; this node only forwards.
+
+Services: ~/start_episode (fastwam_msgs/StartEpisode: instruction), ~/stop_episode (StopEpisode:
+save or discard, task_success). Status: ~/status (fastwam_msgs/RecorderStatus) at 1 Hz and on
+every change. Optional: convert each saved episode into a LeRobot dataset in the background
+(`convert_dataset` parameter), recover interrupted episodes found at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from fastwam.data.episode_bag import (
+    EpisodeError,
+    EpisodeRecorder,
+    TopicSpec,
+    find_incomplete_episodes,
+    recover_episode,
+)
+from fastwam.robot_config import RobotConfig, load_robot_config
+from fastwam_msgs.msg import RecorderStatus
+from fastwam_msgs.srv import StartEpisode, StopEpisode
+
+RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+
+
+def default_config_path() -> str:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
+    except Exception:  # not installed as a ROS package (pip-only checkout): must be given
+        return ""
+
+
+def recorded_topics(config: RobotConfig) -> list[tuple[str, type, str, str]]:
+    """(topic, message class, ROS type name, kind) for every topic the recorder subscribes to."""
+    out = []
+    for cam in config.topics.cameras.values():
+        cls = CompressedImage if cam.transport == "compressed" else Image
+        out.append((cam.topic, cls, f"sensor_msgs/msg/{cls.__name__}", "camera"))
+    groups = dict.fromkeys([*config.robot.state_groups, *config.robot.action_groups])
+    for group in groups:
+        if group in config.topics.feedback:
+            out.append((config.topics.feedback[group], JointState, "sensor_msgs/msg/JointState", "feedback"))
+    for group in config.robot.action_groups:
+        out.append((config.topics.command[group], JointState, "sensor_msgs/msg/JointState", "command"))
+    seen, unique = set(), []
+    for entry in out:
+        if entry[0] not in seen:
+            seen.add(entry[0])
+            unique.append(entry)
+    return unique
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("recorder", **kwargs)
+        p = self.declare_parameter
+        config_path = p("robot_config", default_config_path()).value
+        self.output_dir = Path(os.path.expanduser(p("output_dir", "~/fastwam_episodes").value))
+        depth = int(p("qos_depth", 100).value)
+        reliability = {
+            kind: p(f"{kind}_reliability", "best_effort").value for kind in ("camera", "feedback", "command")
+        }
+        flush_period_s = float(p("flush_period_s", 1.0).value)
+        fsync = bool(p("fsync", True).value)
+        self.default_instruction = str(p("default_instruction", "").value)
+        self.convert_dataset = str(p("convert_dataset", "").value)
+        self.convert_codec = str(p("convert_codec", "h264").value)
+        recover = bool(p("recover_on_start", True).value)
+        status_rate_hz = float(p("status_rate_hz", 1.0).value)
+        if not config_path:
+            raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
+        for kind, value in reliability.items():
+            if value not in RELIABILITY:
+                raise ValueError(
+                    f"parameter {kind}_reliability must be one of {sorted(RELIABILITY)}, got {value!r}"
+                )
+        self.config_path = config_path
+        self.config = load_robot_config(config_path)
+        self.topics = recorded_topics(self.config)
+        self._reliability = reliability
+        self.recorder = EpisodeRecorder(
+            self.output_dir,
+            [self._spec(topic, type_name, kind) for topic, _, type_name, kind in self.topics],
+            flush_period_s=flush_period_s,
+            fsync=fsync,
+            metadata={"robot": self.config.robot.name, "robot_config": str(config_path)},
+        )
+        if recover:
+            self._recover_incomplete()
+        for index, (topic, cls, _, kind) in enumerate(self.topics):
+            qos = QoSProfile(depth=depth, reliability=RELIABILITY[reliability[kind]])
+            self.create_subscription(cls, topic, self._forward(index), qos, raw=True)
+        self.status_pub = self.create_publisher(RecorderStatus, "~/status", 10)
+        self.create_service(StartEpisode, "~/start_episode", self._on_start)
+        self.create_service(StopEpisode, "~/stop_episode", self._on_stop)
+        self._last_published: tuple = ()
+        self._next_periodic = 0.0
+        self._status_period = 1.0 / status_rate_hz
+        self.create_timer(0.1, self._on_timer)  # publishes at 1 Hz, and within 0.1 s of any change
+        self._conversions: queue.Queue = queue.Queue()
+        if self.convert_dataset:
+            threading.Thread(target=self._convert_loop, daemon=True).start()
+        self.get_logger().info(
+            f"recording {len(self.topics)} topics of {self.config.robot.name} into {self.output_dir} "
+            f"(depth {depth}, {reliability})"
+        )
+
+    # -- messages -------------------------------------------------------------------------------------
+    def _forward(self, index: int):
+        submit = self.recorder.submit
+
+        def callback(data: bytes, info) -> None:
+            # Bag time = reception time, as `ros2 bag record` does; the converter aligns on header stamps.
+            seq = info.get("publication_sequence_number") or None
+            submit(index, info.get("received_timestamp") or time.time_ns(), data, seq)
+
+        return callback
+
+    def _spec(self, topic: str, type_name: str, kind: str) -> TopicSpec:
+        """The QoS stored for playback: the publisher's if one is known, else the subscription's."""
+        reliable = self._reliability[kind] == "reliable"
+        transient = False
+        try:
+            publishers = self.get_publishers_info_by_topic(topic)
+        except Exception:  # not yet spinning or graph not available: fall back to ours
+            publishers = []
+        if publishers:
+            qos = publishers[0].qos_profile
+            reliable = qos.reliability == ReliabilityPolicy.RELIABLE
+            transient = qos.durability == DurabilityPolicy.TRANSIENT_LOCAL
+        return TopicSpec(topic, type_name, reliable=reliable, transient_local=transient)
+
+    # -- services -------------------------------------------------------------------------------------
+    def _on_start(self, request, response):
+        instruction = request.instruction.strip() or self.default_instruction
+        if not instruction:
+            response.success, response.message = (
+                False,
+                "instruction is empty (and no default_instruction set)",
+            )
+            return response
+        if not self.recorder.recording:  # the bag stores the publishers' QoS as discovered now
+            self.recorder.topics = [self._spec(t, type_name, kind) for t, _, type_name, kind in self.topics]
+        try:
+            episode = self.recorder.start(instruction)
+        except EpisodeError as error:
+            response.success, response.message = False, str(error)
+            self.get_logger().error(str(error))
+            self._publish_status()
+            return response
+        response.success, response.message, response.episode = True, f"recording {episode.path}", episode.name
+        self.get_logger().info(f"episode {episode.name} started: {instruction!r}")
+        self._publish_status()
+        return response
+
+    def _on_stop(self, request, response):
+        try:
+            episode = self.recorder.stop(save=request.save, task_success=request.task_success)
+        except EpisodeError as error:
+            response.success, response.message = False, str(error)
+            self.get_logger().error(str(error))
+            self._publish_status()
+            return response
+        response.episode = episode.name
+        response.success = True
+        if request.save:
+            counts = episode.info.get("topics", {})
+            total = sum(t["count"] for t in counts.values())
+            dropped = sum(t["dropped"] for t in counts.values())
+            response.message = (
+                f"saved {episode.path} ({total} messages, {dropped} dropped, success={request.task_success})"
+            )
+            if self.convert_dataset:
+                self._conversions.put(episode.path)
+        else:
+            response.message = f"discarded {episode.name}"
+        self.get_logger().info(response.message)
+        self._publish_status()
+        return response
+
+    # -- status ---------------------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        for index, (topic, *_rest) in enumerate(self.topics):
+            self.recorder.set_publisher_count(index, self.count_publishers(topic))
+        s = self.recorder.status()
+        key = (s.recording, s.episode, s.episodes_saved, s.error)
+        now = time.monotonic()
+        if key != self._last_published or now >= self._next_periodic:
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        s = self.recorder.status()
+        msg = RecorderStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.recording = s.recording
+        msg.episode = s.episode
+        msg.instruction = s.instruction
+        msg.elapsed_s = float(s.elapsed_s)
+        msg.episodes_saved = s.episodes_saved
+        msg.topics = list(s.topics)
+        msg.message_counts = [int(c) for c in s.counts]
+        msg.rates_hz = [float(r) for r in s.rates_hz]
+        msg.dropped = [int(d) for d in s.dropped]
+        msg.error = s.error
+        self.status_pub.publish(msg)
+        self._last_published = (s.recording, s.episode, s.episodes_saved, s.error)
+        self._next_periodic = time.monotonic() + self._status_period
+
+    # -- recovery and conversion ---------------------------------------------------------------------
+    def _recover_incomplete(self) -> None:
+        for path in find_incomplete_episodes(self.output_dir):
+            try:
+                info = recover_episode(path)
+                self.get_logger().warning(
+                    f"recovered interrupted episode {path.name}: {info['recovered_messages']} messages (partial)"
+                )
+            except EpisodeError as error:
+                self.get_logger().error(f"cannot recover {path}: {error}")
+
+    def _convert_loop(self) -> None:
+        """Converts saved episodes one at a time in a low-priority child process (CPU-heavy encoding)."""
+        while True:
+            path = self._conversions.get()
+            command = [
+                sys.executable,
+                "-m",
+                "fastwam.data.bag",
+                "convert",
+                str(path),
+                "--dataset",
+                self.convert_dataset,
+                "--config",
+                self.config_path,
+                "--codec",
+                self.convert_codec,
+            ]
+            started = time.monotonic()
+            result = subprocess.run(
+                command, capture_output=True, text=True, preexec_fn=lambda: os.nice(10), check=False
+            )
+            if result.returncode == 0:
+                self.get_logger().info(
+                    f"converted {path.name} into {self.convert_dataset} in {time.monotonic() - started:.1f} s"
+                )
+            else:
+                message = f"conversion of {path.name} failed: {result.stderr.strip()[-500:]}"
+                self.get_logger().error(message)
+                self.recorder.error = message
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RecorderNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.recorder.shutdown()  # a clean stop (Ctrl-C, SIGTERM) saves the running episode
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()
