@@ -25,6 +25,8 @@ setup(
     description="Launch files and configuration for Fast-WAM on the Galaxea R1 Lite.",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "fastwam_run = fastwam_bringup.run:main",
+        ],
     },
 )

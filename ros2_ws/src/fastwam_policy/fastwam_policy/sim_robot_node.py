@@ -20,6 +20,7 @@ the success check; `episodes` episodes are run with seeds seed, seed + 1, ...
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -89,6 +91,7 @@ class SimRobotNode(Node):
         self.config = load_robot_config(config_path)
         self.spec = self.config.robot
         self.env = TowelFoldEnv(self.spec, self.config.cameras.keys)
+        self.lock = threading.Lock()  # the environment; callbacks run on several executor threads
         topics = self.config.topics
 
         self.camera_pubs = {
@@ -128,14 +131,16 @@ class SimRobotNode(Node):
         self.commands_rejected = 0
         self.finished = False  # all requested scripted episodes are done
         self._episode_index = -1
-        self._recording = ""
+        self.recording_episode = ""
         self._pending = None  # an in-flight recorder service call
         self._start_episode(self.seed)
 
         self._last_step = time.monotonic()
+        # Rendering and JPEG encoding (tens of ms) must not delay joint feedback or physics: each
+        # output has its own callback group; the environment itself is guarded by one lock.
         self.create_timer(1.0 / physics_rate_hz, self._on_physics)
-        self.create_timer(1.0 / camera_rate_hz, self._on_cameras)
-        self.create_timer(1.0 / joint_rate_hz, self._on_joints)
+        self.create_timer(1.0 / camera_rate_hz, self._on_cameras, MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / joint_rate_hz, self._on_joints, MutuallyExclusiveCallbackGroup())
         self.create_timer(0.5, self._publish_score)
         mode = "scripted teleop" if self.scripted else "following /motion_target"
         self.get_logger().info(
@@ -145,10 +150,11 @@ class SimRobotNode(Node):
 
     # -- episodes -------------------------------------------------------------------------------------
     def _start_episode(self, seed: int) -> None:
-        self.env.reset(seed)
+        with self.lock:
+            self.env.reset(seed)
         self._episode_index += 1
         self._episode_start = self.env.time
-        self._first_success: float | None = None
+        self.first_success_s: float | None = None
         self._last_success = False
         self._folder = ScriptedFolder(self.env) if self.scripted else None
         self._stop_requested = False
@@ -162,22 +168,22 @@ class SimRobotNode(Node):
                 self.start_client, StartEpisode.Request(instruction=self.instruction), self._on_started
             )
 
-    def _end_episode(self) -> None:
+    def end_episode(self) -> None:
         elapsed = self.env.time - self._episode_start
         result = EpisodeResult(
             index=self._episode_index,
             seed=self.env.seed,
-            success=self._first_success is not None,
+            success=self.first_success_s is not None,
             progress=self.env.progress,
             duration_s=elapsed,
-            first_success_s=self._first_success,
+            first_success_s=self.first_success_s,
         )
         self.results.append(result)
         self.get_logger().info(
             f"episode {result.index} (seed {result.seed}) ended after {elapsed:.1f} s: "
             f"{'SUCCESS' if result.success else 'no success'}, progress {result.progress:.2f}"
         )
-        if self.stop_client is not None and self._recording:
+        if self.stop_client is not None and self.recording_episode:
             request = StopEpisode.Request(save=True, task_success=result.success)
             self._call(self.stop_client, request, lambda r, res=result: self._on_stopped(r, res))
         more = self.episodes <= 0 or len(self.results) < self.episodes
@@ -195,7 +201,7 @@ class SimRobotNode(Node):
 
     def _on_started(self, response) -> None:
         if response is not None and response.success:
-            self._recording = response.episode
+            self.recording_episode = response.episode
         else:
             self.get_logger().error(f"recorder refused to start: {getattr(response, 'message', '')}")
 
@@ -204,7 +210,7 @@ class SimRobotNode(Node):
             result.recorded = response.episode
         else:
             self.get_logger().error(f"recorder refused to stop: {getattr(response, 'message', '')}")
-        self._recording = ""
+        self.recording_episode = ""
 
     # -- commands -------------------------------------------------------------------------------------
     def _on_command(self, group: str, msg: JointState) -> None:
@@ -214,9 +220,11 @@ class SimRobotNode(Node):
             if group.startswith("gripper"):
                 if len(msg.position) < 1:
                     raise ValueError(f"joint group {group!r}: gripper command has no position[0]")
-                self.env.command(group, [msg.position[0]])
+                with self.lock:
+                    self.env.command(group, [msg.position[0]])
             else:
-                self.env.command(group, list(msg.position), list(msg.velocity))
+                with self.lock:
+                    self.env.command(group, list(msg.position), list(msg.velocity))
         except ValueError as error:
             self.commands_rejected += 1
             topic = self.config.topics.command[group]
@@ -231,7 +239,7 @@ class SimRobotNode(Node):
         if t > self._folder.duration + 0.5:
             if not self._stop_requested:
                 self._stop_requested = True
-                self._end_episode()
+                self.end_episode()
             return
         action = self._folder.action(max(t, 0.0))
         stamp = self.get_clock().now().to_msg()
@@ -252,11 +260,12 @@ class SimRobotNode(Node):
         self._last_step = now
         if elapsed <= 0 or self.finished:
             return
-        self.env.step(elapsed)
-        success = self.env.success
-        if success and self._first_success is None:
-            self._first_success = self.env.time - self._episode_start
-            self.get_logger().info(f"towel folded after {self._first_success:.1f} s")
+        with self.lock:
+            self.env.step(elapsed)
+            success = self.env.success
+        if success and self.first_success_s is None:
+            self.first_success_s = self.env.time - self._episode_start
+            self.get_logger().info(f"towel folded after {self.first_success_s:.1f} s")
         if success != self._last_success:
             self._last_success = success
             self._publish_score()
@@ -265,11 +274,12 @@ class SimRobotNode(Node):
             and self.episode_timeout_s > 0
             and self.env.time - self._episode_start >= self.episode_timeout_s
         ):
-            self._end_episode()
+            self.end_episode()
 
     def _on_cameras(self) -> None:
-        stamp = self.get_clock().now().to_msg()
-        images = self.env.render()
+        with self.lock:
+            stamp = self.get_clock().now().to_msg()
+            images = self.env.render()
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         for key, pub in self.camera_pubs.items():
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(images[key], cv2.COLOR_RGB2BGR), params)
@@ -284,16 +294,22 @@ class SimRobotNode(Node):
             pub.publish(msg)
 
     def _on_joints(self) -> None:
-        stamp = self.get_clock().now().to_msg()
+        with self.lock:
+            stamp = self.get_clock().now().to_msg()
+            state = {g: (self.env.positions(g), self.env.velocities(g)) for g in self.feedback_pubs}
         for group, pub in self.feedback_pubs.items():
             msg = JointState()
             msg.header.stamp = stamp
             msg.name = list(self.spec.group(group).joints)
-            msg.position = self.env.positions(group).tolist()
-            msg.velocity = self.env.velocities(group).tolist()
+            msg.position = state[group][0].tolist()
+            msg.velocity = state[group][1].tolist()
             pub.publish(msg)
 
     def _publish_score(self) -> None:
+        with self.lock:
+            self._publish_score_locked()
+
+    def _publish_score_locked(self) -> None:
         self.success_pub.publish(Bool(data=bool(self.env.success)))
         self.progress_pub.publish(Float32(data=float(self.env.progress)))
         pose = self.env.towel.pose
@@ -303,7 +319,7 @@ class SimRobotNode(Node):
             "towel": {"x": pose.x, "y": pose.y, "yaw": pose.yaw},
             "time_s": round(self.env.time - self._episode_start, 3),
             "success": bool(self.env.success),
-            "succeeded": self._first_success is not None,
+            "succeeded": self.first_success_s is not None,
             "progress": round(self.env.progress, 4),
             "fold_error_m": {k: round(v, 4) for k, v in self.env.towel.fold_error().items()},
         }
