@@ -183,18 +183,19 @@ def _tiny() -> FastWAMConfig:
 
 
 def _small() -> FastWAMConfig:
-    # CPU-trainable: ~20 M video DiT, ~4 M action expert; realistic chunk (9 frames -> 3 latent
-    # frames, horizon 32) so that the variants' relative costs resemble the full model's.
+    # CPU-trainable: ~42 M video DiT, ~5 M action expert, a cheap stand-in VAE; realistic chunk
+    # (9 frames -> 3 latent frames, horizon 32) so the variants' relative costs resemble the full
+    # model's (the video DiT dominates; the VAE and the action expert are small next to it).
     return FastWAMConfig(
         video=VideoDiTConfig(
-            num_attention_heads=6,
+            num_attention_heads=8,
             attention_head_dim=64,
             in_channels=16,
             out_channels=16,
             text_dim=256,
             freq_dim=64,
-            ffn_dim=1536,
-            num_layers=8,
+            ffn_dim=2048,
+            num_layers=10,
             rope_max_seq_len=256,
         ),
         action_hidden_dim=128,
@@ -205,8 +206,8 @@ def _small() -> FastWAMConfig:
         num_video_frames=9,
         text_max_length=32,
         vae=dict(
-            base_dim=16,
-            decoder_base_dim=16,
+            base_dim=8,
+            decoder_base_dim=8,
             z_dim=16,
             dim_mult=[1, 2, 2, 2],
             num_res_blocks=1,

@@ -1,0 +1,179 @@
+"""Inference latency of Fast-WAM vs the Joint and IDM variants, side by side in one run.
+
+Times, per variant, over --runs calls (after --warmup): text encode (uncached), VAE encode of the
+current composite, video prefix, the action phase (and per action step), and the total a robot
+sees per call (instruction cached: preprocess + VAE + prefix + actions). Medians and p95; CUDA is
+synchronised before every clock read. Weights are random (latency does not depend on them); the
+same seed gives all variants identical weights.
+
+    python benchmarks/inference_latency.py --preset small --device cpu --runs 10
+    python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16 \
+        --wan-dir /models/Wan2.2-TI2V-5B-Diffusers          # real frozen components
+    python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16  # all random
+
+Joint and IDM are the reference imagine-then-execute implementations (a full masked pass over
+[first frame, future video(, actions)] per denoising step, as in the paper's controlled variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from fastwam.camera import CameraLayout, composite_to_tensor
+from fastwam.config import preset
+from fastwam.model import FastWAM, WanComponents, build_random_components
+from fastwam.model.wan import build_tokenizer
+
+# Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
+WAN22_VAE = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    latents_mean=[0.0] * 48,
+    latents_std=[1.0] * 48,
+)
+UMT5_XXL = dict(
+    d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu"
+)
+
+
+def layout_from_arg(arg: str) -> CameraLayout:
+    if arg == "r1_lite":
+        return CameraLayout.r1_lite()
+    if arg == "libero":
+        return CameraLayout.libero()
+    # "row:N:HxW": N cameras of HxW in one row
+    _, n, size = arg.split(":")
+    h, w = (int(x) for x in size.split("x"))
+    return CameraLayout.row(tuple(f"cam{i}" for i in range(int(n))), h, w)
+
+
+def components_for(args, cfg, device, dtype) -> WanComponents:
+    if args.wan_dir:
+        return WanComponents.from_pretrained(args.wan_dir, cfg.text_max_length, device=device, dtype=dtype)
+    if cfg.vae is not None:
+        comp = build_random_components(cfg)
+    else:
+        from diffusers import AutoencoderKLWan
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        tok = build_tokenizer(1000)
+        te = UMT5EncoderModel(UMT5Config(vocab_size=256384, **UMT5_XXL))
+        comp = WanComponents(AutoencoderKLWan(**WAN22_VAE), te, tok, cfg.text_max_length)
+    comp.vae.to(device)
+    comp.text_encoder.to(device, dtype)
+    return comp
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", choices=["tiny", "small", "wan22-5b"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--layout", default="r1_lite", help="r1_lite | libero | row:N:HxW")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--variants", default="fast_wam,joint,idm")
+    ap.add_argument("--cfg-scale", type=float, default=1.0)
+    ap.add_argument("--wan-dir", default=None, help="Wan2.2-Diffusers directory for the frozen components")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    layout = layout_from_arg(args.layout)
+    variants = args.variants.split(",")
+    base = preset(args.preset, action_init="random", num_inference_steps=args.steps, cfg_scale=args.cfg_scale)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    comp = components_for(args, base, device, dtype)
+    rng = np.random.default_rng(0)
+    images = {k: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for k in layout.keys}
+    instruction = "fold the towel"
+    print(
+        f"preset={args.preset} device={device} dtype={args.dtype} steps={args.steps} "
+        f"composite={layout.height}x{layout.width} runs={args.runs} threads={torch.get_num_threads()}"
+    )
+    # All variants are built first and run round-robin, so that load from other processes (timing
+    # on a shared CPU is noisy) hits them alike.
+    models = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        models[variant] = FastWAM(base.replace(variant=variant)).to(device, dtype).eval()
+    state = torch.zeros(1, base.state_dim, device=device) if base.state_dim else None
+    keys = ("text_encode", "vae_encode", "prefix", "action", "step", "total")
+    results: dict[str, dict[str, list[float]]] = {v: {k: [] for k in keys} for v in variants}
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for i in range(args.warmup + args.runs):
+            for variant, model in models.items():
+                sync()
+                t0 = time.perf_counter()
+                embeds, mask = comp.encode_text([instruction])
+                text = model.encode_instruction(embeds, mask)
+                uncond = None
+                if args.cfg_scale != 1.0:
+                    ue, um = comp.encode_text([""], template=False)
+                    uncond = model.with_state(model.encode_instruction(ue, um), state)
+                sync()
+                t1 = time.perf_counter()
+                video = composite_to_tensor(layout.compose(images))[None, :, None].to(device)
+                latents = comp.encode_video(video)
+                sync()
+                t2 = time.perf_counter()
+                _, phases = model.infer(
+                    latents, model.with_state(text, state), uncond, generator=gen, sync=sync
+                )
+                sync()
+                t3 = time.perf_counter()
+                if i < args.warmup:
+                    continue
+                times = results[variant]
+                times["text_encode"].append((t1 - t0) * 1e3)
+                times["vae_encode"].append((t2 - t1) * 1e3)
+                times["prefix"].append(phases["prefix"])
+                times["action"].append(phases["action"])
+                times["step"].append(phases["action"] / args.steps)
+                times["total"].append((t3 - t1) * 1e3)  # per robot call: instruction cached
+
+    cols = list(next(iter(results.values())))
+    print(f"\n{'variant':<10} " + " ".join(f"{c + ' med/p95 ms':>24}" for c in cols))
+    for variant, times in results.items():
+        cells = [f"{statistics.median(times[c]):10.2f} /{pct(times[c], 95):10.2f}" for c in cols]
+        print(f"{variant:<10} " + " ".join(f"{c:>24}" for c in cells))
+    if "fast_wam" in results:
+        fast = statistics.median(results["fast_wam"]["total"])
+        print()
+        for variant, times in results.items():
+            if variant != "fast_wam":
+                ratio = statistics.median(times["total"]) / fast
+                print(f"{variant} / fast_wam total latency (median): {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
