@@ -410,9 +410,11 @@ def convert_bags(
             raise BagError(f"{bag}: no instruction (no episode.json with one); pass --instruction")
         started = time.monotonic()
         streams = read_episode_streams(bag, config, time_source)
+        read_s = time.monotonic() - started
         aligned = align_episode(
             streams, config, fps, max_skew_s=max_skew_s, max_gap_s=max_gap_s, max_trim_s=max_trim_s
         )
+        align_s = time.monotonic() - started - read_s
         index = writer.add_episode(
             {CAMERA_FEATURE.format(key=k): v for k, v in aligned.frames.items()},
             state=aligned.state,
@@ -426,6 +428,12 @@ def convert_bags(
             "task": task,
             "task_success": (episode or {}).get("task_success"),
             "partial": bool((episode or {}).get("partial", False)),
+            # Conversion cost: bag reading, alignment + JPEG decoding, dataset writing (video encoding).
+            "seconds": {
+                "read": round(read_s, 3),
+                "align_decode": round(align_s, 3),
+                "write": round(time.monotonic() - started - read_s - align_s, 3),
+            },
         }
         sources.append(record)
         _write_lines(sources_path, sources)
