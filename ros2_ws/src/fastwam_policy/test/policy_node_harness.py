@@ -96,6 +96,31 @@ def stop_node(proc: subprocess.Popen) -> int | None:
     return proc.returncode
 
 
+class Spinner:
+    """Spins an executor on a thread and stops it cleanly.
+
+    rclpy's Executor.shutdown() does not wait for callbacks still running on a multi-threaded
+    executor's pool (they then fail on the destroyed guard condition and print "exception was
+    never retrieved" at exit), so spinning stops first and in-flight callbacks get time to end.
+    """
+
+    def __init__(self, executor):
+        self.executor = executor
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self._running and self.executor.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def stop(self) -> None:
+        self._running = False
+        self._thread.join(timeout=5.0)
+        time.sleep(0.3)  # callbacks already handed to the pool finish (all are short)
+        self.executor.shutdown(timeout_sec=2.0)
+
+
 class FakeRobot:
     """Cameras + joint feedback at R1 Lite rates, and a record of everything the node publishes.
 
@@ -149,8 +174,7 @@ class FakeRobot:
         self.node.create_timer(1.0 / joint_hz, self._publish_joints)
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(self.executor)
 
     # ---- publishing --------------------------------------------------------------------------
     def now(self) -> float:
@@ -267,6 +291,6 @@ class FakeRobot:
         return t
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
+        self.spinner.stop()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

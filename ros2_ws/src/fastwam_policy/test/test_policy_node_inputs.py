@@ -1,0 +1,158 @@
+"""Policy node input handling, node in its own process: missing, stale and skewed cameras, bad images
+and bad joint states each make it hold (HOLDING, reason naming the stream, no command, no crash),
+and it recovers when the input is good again. Motion is enabled from the start, so a command that
+slipped through would be seen. The head camera is a raw sensor_msgs/Image stream here, the wrists
+JPEG, so both decoders are exercised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+from fastwam_msgs.msg import PolicyStatus
+
+pytestmark = pytest.mark.ros
+
+_spec = importlib.util.spec_from_file_location(
+    "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")
+)
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+
+START_TIMEOUT = 120.0
+HOLDING, EXECUTING = PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_EXECUTING
+# Loose enough for a shared machine, tight enough that the faults below cross them by 2x or more.
+FRESHNESS = {"max_camera_age_s": 0.5, "max_camera_skew_s": 0.15, "max_joint_age_s": 0.5}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy_node_inputs")
+    checkpoint, config_path, config = harness.write_test_setup(
+        tmp, raw_cameras=("head",), freshness=FRESHNESS
+    )
+    domain = harness.domain_id(2)
+    proc = harness.start_node(
+        checkpoint, config_path, domain, tmp / "node.log", instruction="fold", motion_enabled=True
+    )
+    robot = harness.FakeRobot(config, domain)
+    robot.camera_mode["wrist_right"] = "off"  # missing from the start
+    try:
+        yield robot, proc, config
+    finally:
+        robot.close()
+        code = harness.stop_node(proc)
+        print((tmp / "node.log").read_text()[-3000:])
+        assert code == 0, f"policy node exited with {code}"
+
+
+def _stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def _hold_then_recover(robot, config, reason: str, fault, clear) -> PolicyStatus:
+    """Apply `fault`; expect HOLDING with `reason` and no command; `clear`; expect commands again."""
+    t_fault = robot.now()
+    fault()
+    _, status = robot.wait_state(HOLDING, timeout=5, reason=reason, since=t_fault)
+    time.sleep(0.5)
+    held_at = _stamp(status)
+    assert [m for _, m in robot.commands(t_fault) if _stamp(m) > held_at] == [], "commanded while holding"
+    before = robot.messages("command/arm_left")
+    t_clear = robot.now()
+    clear()
+    robot.wait_state(EXECUTING, timeout=5, since=t_clear)
+    robot.wait_for(lambda: robot.messages("command/arm_left", t_clear), 5, "commands after recovery")
+    # The plan restarts from the last target: still no jump.
+    if before:
+        first_after = np.array(robot.messages("command/arm_left", t_clear)[0][1].position)
+        max_step = np.array(config.robot.group("arm_left").max_velocity) / config.control.rate_hz
+        assert (np.abs(first_after - np.array(before[-1][1].position)) <= max_step + 1e-9).all()
+    return status
+
+
+def test_missing_camera_holds_until_it_appears(setup):
+    robot, proc, config = setup
+    robot.wait_state(HOLDING, timeout=START_TIMEOUT, reason="camera 'wrist_right': no frame received")
+    time.sleep(0.5)
+    assert robot.commands() == []
+    robot.camera_mode["wrist_right"] = "ok"
+    robot.wait_state(EXECUTING, timeout=10)
+    robot.wait_for(lambda: robot.messages("command/arm_left"), 5, "first commands")
+
+
+def test_stale_camera_holds_and_recovers(setup):
+    robot, proc, config = setup
+    status = _hold_then_recover(
+        robot,
+        config,
+        "camera 'head': newest frame is",
+        lambda: robot.camera_mode.update(head="off"),
+        lambda: robot.camera_mode.update(head="ok"),
+    )
+    assert "(max_camera_age_s 0.5)" in status.reason
+
+
+def test_skewed_cameras_hold_and_recover(setup):
+    robot, proc, config = setup
+    robot.late_s = 0.35  # fresh enough for max_camera_age_s 0.5, too far from the others
+    _hold_then_recover(
+        robot,
+        config,
+        "apart (max_camera_skew_s 0.15)",
+        lambda: robot.camera_mode.update(wrist_left="late"),
+        lambda: robot.camera_mode.update(wrist_left="ok"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("camera", "mode", "reason"),
+    [
+        ("head", "bad_encoding", "/test/head/image_raw: unsupported image encoding 'weird16'"),
+        ("head", "bad_step", "step 477 is smaller than a rgb8 row"),
+        ("head", "empty", "empty image 0x0"),
+        ("wrist_left", "truncated", "is truncated"),
+    ],
+)
+def test_bad_image_holds_with_reason_and_recovers(setup, camera, mode, reason):
+    robot, proc, config = setup
+    _hold_then_recover(
+        robot,
+        config,
+        f"camera '{camera}'",
+        lambda: robot.camera_mode.update({camera: mode}),
+        lambda: robot.camera_mode.update({camera: "ok"}),
+    )
+    reasons = [m.reason for _, m in robot.messages("status") if m.state == HOLDING]
+    assert any(reason in r for r in reasons), reasons[-3:]
+
+
+@pytest.mark.parametrize(
+    ("group", "mode", "reason"),
+    [
+        ("arm_left", "short", "/hdas/feedback_arm_left: 5 positions, expected 6"),
+        ("gripper_right", "nan", "/hdas/feedback_gripper_right: non-finite positions"),
+    ],
+)
+def test_bad_joint_state_holds_with_reason_and_recovers(setup, group, mode, reason):
+    robot, proc, config = setup
+    _hold_then_recover(
+        robot,
+        config,
+        reason,
+        lambda: robot.joint_mode.update({group: mode}),
+        lambda: robot.joint_mode.update({group: "ok"}),
+    )
+
+
+def test_node_survived_every_fault(setup):
+    robot, proc, config = setup
+    assert proc.poll() is None
+    status = robot.last_status()
+    assert status.state == EXECUTING and status.motion_enabled and status.steps_executed > 0
