@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ class TrainSection:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # e.g. 0.999; None = no EMA
     cpu: bool = False  # force CPU even where a GPU is present
+    # Steps to run in this invocation, then checkpoint and exit (preemptible jobs); None = to max_steps.
+    run_steps: int | None = None
 
 
 @dataclass
@@ -192,6 +195,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def _build(cls, data: dict[str, Any], where: str, extra: dict[str, Any] | None = None):
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields) - {"source"})
     if unknown:
         raise ValueError(f"unknown config keys {[f'{where}{k}' for k in unknown]}")
@@ -209,5 +213,18 @@ def _build(cls, data: dict[str, Any], where: str, extra: dict[str, Any] | None =
         elif name == "betas":
             kwargs[name] = tuple(float(b) for b in value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], f"{where}{name}")
     return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """YAML 1.1 reads `1e-4` as a string: turn numeric strings into the field's number type."""
+    kinds = typing.get_args(hint) or (hint,)
+    if isinstance(value, str) and float in kinds:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"config {where}: expected a number, got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
+        return float(value)
+    return value

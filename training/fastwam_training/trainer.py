@@ -264,7 +264,10 @@ class Trainer:
         samples_per_step = train.batch_size * train.grad_accum * acc.num_processes
         window_start, window_steps = time.perf_counter(), 0
         self.loss_module.train()
-        while self.step < train.max_steps:
+        stop = (
+            train.max_steps if train.run_steps is None else min(train.max_steps, self.step + train.run_steps)
+        )
+        while self.step < stop:
             totals = {"loss": 0.0, "action_loss": 0.0, "video_loss": 0.0}
             for micro in range(train.grad_accum):
                 batch = next(loader)
@@ -299,9 +302,8 @@ class Trainer:
                 and self.step % cfg.validation.every == 0
             ):
                 acc.log(self.validate(), step=self.step)
-            if cfg.checkpoint.every and (
-                self.step % cfg.checkpoint.every == 0 or self.step == train.max_steps
-            ):
+            # Checkpoint every N steps and when this invocation stops (checkpoint.every = 0: never).
+            if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or self.step == stop):
                 self.save_checkpoint()
         bar.close()
         acc.wait_for_everyone()

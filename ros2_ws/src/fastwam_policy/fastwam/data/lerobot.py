@@ -242,8 +242,11 @@ class LeRobotDataset:
         data_path = self.info.get("data_path", V21_DATA_PATH)
         video_path = self.info.get("video_path") or V21_VIDEO_PATH
         episodes = {}
+        total = int(self.info.get("total_episodes", -1))
         for row in _read_jsonl(meta / "episodes.jsonl"):
             index = int(row["episode_index"])
+            if 0 <= total <= index:
+                continue  # an episode whose write never committed (info.json is the commit point)
             chunk = index // chunks_size
             videos = {
                 key: self.root / video_path.format(episode_chunk=chunk, video_key=key, episode_index=index)

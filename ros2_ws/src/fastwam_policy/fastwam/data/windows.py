@@ -128,11 +128,11 @@ class WindowDataset(Dataset):
         self.episode_indices = list(episodes) if episodes is not None else dataset.episode_indices
         if not self.episode_indices:
             raise ValueError(f"{dataset.root}: no episodes selected")
-        if load_video and check_videos:
-            dataset.check_videos(self.episode_indices)
         self.episodes: dict[int, EpisodeData] = {
             ep: dataset.read_episode(ep, [keys.state, keys.action]) for ep in self.episode_indices
         }
+        if load_video and check_videos:
+            dataset.check_videos(self.episode_indices)
         # (episode, start frame) of every sample; start_stride > 1 thins them (latent caches).
         self.index = np.array(
             [
