@@ -1,0 +1,99 @@
+"""Record teleoperated demonstrations: the recorder and the keyboard helper (+ a scripted sim).
+
+    ros2 launch fastwam_bringup record_demos.launch.py                       # real robot, human teleop
+    ros2 launch fastwam_bringup record_demos.launch.py use_sim:=true episodes:=30   # scripted demos
+
+With use_sim:=true the simulated R1 Lite's scripted teleoperator performs the fold and drives the
+recorder's services itself (one labelled episode per towel start pose, seeds seed, seed + 1, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch_ros.actions import Node
+
+ARGUMENTS = {
+    "robot_config": ("", "robot config YAML (default: fastwam_bringup/config/r1_lite.yaml)"),
+    "output_dir": ("~/fastwam_episodes", "where episode bags are written"),
+    "instruction": ("fold the towel", "instruction stored with each episode"),
+    "convert_dataset": ("", "also convert each saved episode into this LeRobot dataset directory"),
+    "use_sim": ("false", "simulated R1 Lite with its scripted teleoperator instead of the robot"),
+    "episodes": ("20", "scripted episodes to record (use_sim:=true)"),
+    "seed": ("0", "first towel start pose seed (use_sim:=true)"),
+    "keyboard": ("true", "start the keyboard helper (teleop_keys) in this terminal"),
+}
+
+
+def _flag(context, name: str) -> bool:
+    value = context.launch_configurations[name].strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError(f"launch argument {name} must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def launch_setup(context, *args, **kwargs):
+    share = get_package_share_directory("fastwam_bringup")
+    config_path = context.launch_configurations["robot_config"] or os.path.join(
+        share, "config", "r1_lite.yaml"
+    )
+    dds_profile = os.path.join(share, "config", "fastdds_shm.xml")
+    instruction = context.launch_configurations["instruction"]
+    actions = [
+        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", dds_profile),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile),
+        Node(
+            package="fastwam_policy",
+            executable="recorder_node",
+            name="recorder",
+            output="screen",
+            parameters=[
+                {
+                    "robot_config": config_path,
+                    "output_dir": context.launch_configurations["output_dir"],
+                    "default_instruction": instruction,
+                    "convert_dataset": context.launch_configurations["convert_dataset"],
+                }
+            ],
+        ),
+    ]
+    if _flag(context, "use_sim"):
+        actions.append(
+            Node(
+                package="fastwam_policy",
+                executable="sim_robot_node",
+                name="sim_robot",
+                output="screen",
+                parameters=[
+                    {
+                        "robot_config": config_path,
+                        "scripted_teleop": True,
+                        "episodes": int(context.launch_configurations["episodes"]),
+                        "seed": int(context.launch_configurations["seed"]),
+                        "recorder": "/recorder",
+                        "instruction": instruction,
+                    }
+                ],
+            )
+        )
+    if _flag(context, "keyboard"):
+        actions.append(
+            Node(
+                package="fastwam_policy",
+                executable="teleop_keys",
+                name="teleop_keys",
+                output="screen",
+                emulate_tty=True,
+                prefix="xterm -e",  # it reads keys from a terminal; launch gives nodes none
+                parameters=[{"instruction": instruction, "recorder": "/recorder"}],
+            )
+        )
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(k, default_value=v, description=d) for k, (v, d) in ARGUMENTS.items()]
+    return LaunchDescription([*declared, OpaqueFunction(function=launch_setup)])

@@ -1,0 +1,125 @@
+"""Fast-WAM towel folding: the policy node, optionally the simulated R1 Lite, recorder, bag and RViz.
+
+    ros2 launch fastwam_bringup towel_fold.launch.py checkpoint:=/ckpt use_sim:=true dry_run:=false
+
+dry_run is true by default: the policy predicts and publishes for monitoring but commands nothing
+until motion is enabled (dry_run:=false, or the ~/set_motion_enabled service).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, SetEnvironmentVariable
+from launch_ros.actions import Node
+
+from fastwam.robot_config import load_robot_config
+
+ARGUMENTS = {
+    "checkpoint": ("", "Fast-WAM checkpoint directory"),
+    "instruction": ("fold the towel", "language instruction"),
+    "robot_config": ("", "robot config YAML (default: fastwam_bringup/config/r1_lite.yaml)"),
+    "use_sim": ("false", "start the simulated R1 Lite instead of talking to the robot"),
+    "dry_run": ("true", "predict and monitor only; command no motion"),
+    "record": ("false", "start the demonstration recorder and a ros2 bag (MCAP) of the configured topics"),
+    "rviz": ("false", "start RViz with rviz/fastwam.rviz"),
+    "device": ("auto", "torch device (auto, cpu, cuda, cuda:N)"),
+    "dtype": ("auto", "inference dtype (auto, float32, bfloat16, float16)"),
+    "bag_dir": ("~/fastwam_bags", "where ros2 bag record writes (record:=true)"),
+    "seed": ("0", "towel start pose seed of the simulated robot (use_sim:=true)"),
+}
+
+
+def _flag(context, name: str) -> bool:
+    value = context.launch_configurations[name].strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError(f"launch argument {name} must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def launch_setup(context, *args, **kwargs):
+    """The actions for the given argument values (OpaqueFunction, so tests can call it directly)."""
+    share = get_package_share_directory("fastwam_bringup")
+    config_path = context.launch_configurations["robot_config"] or os.path.join(
+        share, "config", "r1_lite.yaml"
+    )
+    dds_profile = os.path.join(share, "config", "fastdds_shm.xml")
+    rviz_config = os.path.join(share, "rviz", "fastwam.rviz")
+    instruction = context.launch_configurations["instruction"]
+    actions = [
+        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", dds_profile),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile),
+        Node(
+            package="fastwam_policy",
+            executable="policy_node",
+            name="fastwam_policy",
+            output="screen",
+            parameters=[
+                {
+                    "checkpoint": context.launch_configurations["checkpoint"],
+                    "robot_config": config_path,
+                    "instruction": instruction,
+                    "motion_enabled": not _flag(context, "dry_run"),
+                    "device": context.launch_configurations["device"],
+                    "dtype": context.launch_configurations["dtype"],
+                }
+            ],
+        ),
+    ]
+    if _flag(context, "use_sim"):
+        actions.append(
+            Node(
+                package="fastwam_policy",
+                executable="sim_robot_node",
+                name="sim_robot",
+                output="screen",
+                parameters=[
+                    {
+                        "robot_config": config_path,
+                        "seed": int(context.launch_configurations["seed"]),
+                        "instruction": instruction,
+                    }
+                ],
+            )
+        )
+    if _flag(context, "record"):
+        actions.append(
+            Node(
+                package="fastwam_policy",
+                executable="recorder_node",
+                name="recorder",
+                output="screen",
+                parameters=[{"robot_config": config_path, "default_instruction": instruction}],
+            )
+        )
+        config = load_robot_config(config_path)
+        topics = [c.topic for c in config.topics.cameras.values()]
+        topics += list(config.topics.feedback.values()) + list(config.topics.command.values())
+        topics += ["/fastwam_policy/action_chunk", "/fastwam_policy/status", "/sim_robot/episode"]
+        bag = os.path.join(
+            os.path.expanduser(context.launch_configurations["bag_dir"]),
+            time.strftime("towel_fold_%Y%m%d_%H%M%S"),
+        )
+        actions.append(
+            ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", bag, *topics], output="screen")
+        )
+    if _flag(context, "rviz"):
+        actions += [
+            Node(package="rviz2", executable="rviz2", name="rviz", arguments=["-d", rviz_config]),
+            # RViz shows text only as an overlay message: convert the policy's ~/status_text.
+            Node(
+                package="rviz_2d_overlay_plugins",
+                executable="string_to_overlay_text",
+                name="status_overlay",
+                parameters=[{"string_topic": "/fastwam_policy/status_text", "fg_color": "w"}],
+            ),
+        ]
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(k, default_value=v, description=d) for k, (v, d) in ARGUMENTS.items()]
+    return LaunchDescription([*declared, OpaqueFunction(function=launch_setup)])
