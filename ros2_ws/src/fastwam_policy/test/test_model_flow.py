@@ -1,0 +1,139 @@
+"""Flow matching: t distributions, losses, training decrease per variant, CFG, Euler grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastwam.config import preset
+from fastwam.model import FastWAM, flow
+
+B = 2
+
+
+def _batch(cfg, seed=0, frames=None):
+    g = torch.Generator().manual_seed(seed)
+    f = frames or cfg.num_latent_frames
+    latents = torch.randn(B, cfg.video.in_channels, f, 4, 4, generator=g)
+    actions = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
+    action_mask = torch.ones(B, cfg.action_horizon, dtype=torch.bool)
+    action_mask[1, -1] = False  # padding past the episode end
+    frame_mask = torch.ones(B, f, dtype=torch.bool)
+    text = torch.randn(B, cfg.text_max_length, cfg.video.text_dim, generator=g)
+    text_mask = torch.ones(B, cfg.text_max_length, dtype=torch.bool)
+    text_mask[:, 10:] = False
+    state = torch.randn(B, cfg.state_dim, generator=g)
+    return latents, actions, action_mask, frame_mask, text, text_mask, state
+
+
+def test_timestep_distributions():
+    g = torch.Generator().manual_seed(0)
+    ln = flow.sample_t(4000, "logit_normal", generator=g)
+    su = flow.sample_t(4000, "shifted_uniform", shift=5.0, generator=g)
+    for t in (ln, su):
+        assert bool(((t > 0) & (t < 1)).all())
+    assert abs(ln.median().item() - 0.5) < 0.05
+    # Median of the shifted uniform is the shifted median of U(0, 1): 5 * 0.5 / (1 + 4 * 0.5).
+    assert abs(su.median().item() - 2.5 / 3.0) < 0.03
+    with pytest.raises(ValueError, match="nope"):
+        flow.sample_t(3, "nope")
+
+
+def test_noise_target_and_masked_mse():
+    y, eps = torch.ones(2, 3), torch.zeros(2, 3)
+    assert torch.allclose(
+        flow.add_noise(y, eps, torch.tensor([0.0, 0.25])), torch.tensor([[1.0] * 3, [0.75] * 3])
+    )
+    pred, target = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
+    pred[1, 2] = 100.0  # error only in a padded position
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    assert flow.masked_mse(pred, target, mask).item() == 0.0
+    assert flow.masked_mse(pred, target, torch.ones_like(mask)).item() > 0.0
+
+
+def test_sigma_grid_runs_from_noise_to_data():
+    sig = flow.sigma_grid(10, shift=5.0)
+    assert sig.shape == (11,) and sig[0].item() == 1.0 and sig[-1].item() == 0.0
+    assert bool((sig[1:] < sig[:-1]).all())
+
+
+@pytest.mark.parametrize("variant", ["fast_wam", "joint", "idm", "no_cotrain"])
+def test_training_loss_decreases_on_a_fixed_batch(variant):
+    torch.manual_seed(0)
+    model = FastWAM(preset("tiny", variant=variant, timestep_distribution="shifted_uniform"))
+    batch = _batch(model.config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = model.training_loss(*batch, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert set(out) == {"loss", "action_loss", "video_loss"}
+    assert all(v.ndim == 0 for v in out.values())
+    if variant == "no_cotrain":
+        assert out["video_loss"].item() == 0.0
+    else:
+        assert out["video_loss"].item() > 0.0
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_no_cotrain_needs_no_future_frames_and_others_check_frames():
+    torch.manual_seed(0)
+    model = FastWAM(preset("tiny", variant="no_cotrain"))
+    out = model.training_loss(*_batch(model.config, frames=1))
+    assert out["video_loss"].item() == 0.0
+    fast = FastWAM(preset("tiny"))
+    with pytest.raises(ValueError, match="frames"):
+        fast.training_loss(*_batch(fast.config, frames=1))
+    batch = list(_batch(fast.config))
+    batch[-1] = None
+    with pytest.raises(ValueError, match="state"):
+        fast.training_loss(*batch)
+
+
+@torch.no_grad()
+def test_cfg_scale_above_one_equals_the_manual_combination():
+    torch.manual_seed(0)
+    model = FastWAM(preset("tiny")).eval()
+    cfg = model.config
+    latents, _, _, _, text, _, state = _batch(cfg)
+    first = latents[:, :, :1]
+    cond = model.with_state(model.encode_instruction(text), state)
+    uncond = model.with_state(model.encode_instruction(torch.zeros_like(text[:1])), state)
+    a1, _ = model.infer(first, cond, uncond, cfg_scale=1.0, generator=torch.Generator().manual_seed(3))
+    a3, _ = model.infer(first, cond, uncond, cfg_scale=3.0, generator=torch.Generator().manual_seed(3))
+    assert (a1 - a3).abs().max().item() > 1e-3
+
+    cache_c = model.build_action_cache(first, cond)
+    cache_u = model.build_action_cache(first, uncond)
+    x = torch.randn((B, cfg.action_horizon, cfg.action_dim), generator=torch.Generator().manual_seed(3))
+    sig = flow.sigma_grid(cfg.num_inference_steps, cfg.sample_shift)
+    for i in range(cfg.num_inference_steps):
+        t = sig[i].expand(B)
+        vc = model.action_velocity(cache_c, x, t)
+        vu = model.action_velocity(cache_u, x, t)
+        x = x + (sig[i + 1] - sig[i]) * (vu + 3.0 * (vc - vu))
+    assert (a3 - x).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="unconditional"):
+        model.infer(first, cond, None, cfg_scale=2.0)
+
+
+@pytest.mark.parametrize("variant", ["joint", "idm"])
+@torch.no_grad()
+def test_imagine_then_execute_variants_sample_with_and_without_cfg(variant):
+    torch.manual_seed(0)
+    model = FastWAM(preset("tiny", variant=variant)).eval()
+    latents, _, _, _, text, _, state = _batch(model.config)
+    cond = model.with_state(model.encode_instruction(text), state)
+    uncond = model.with_state(model.encode_instruction(torch.zeros_like(text[:1])), state)
+    outs = [
+        model.infer(latents[:, :, :1], cond, uncond, cfg_scale=s, generator=torch.Generator().manual_seed(1))
+        for s in (1.0, 2.0)
+    ]
+    for actions, timings in outs:
+        assert actions.shape == (B, model.config.action_horizon, model.config.action_dim)
+        assert bool(torch.isfinite(actions).all()) and set(timings) == {"prefix", "action"}
+    assert (outs[0][0] - outs[1][0]).abs().max().item() > 1e-4

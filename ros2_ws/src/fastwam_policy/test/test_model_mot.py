@@ -1,0 +1,217 @@
+"""Exactness of the decomposed MoT: stock diffusers equivalence, K/V cache, masks, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastwam.config import preset
+from fastwam.model import FastWAM
+from fastwam.model.action_expert import resize_tensor
+from fastwam.model.fastwam import Context
+from fastwam.model.masks import GROUPS, MASK_RULES, build_mask, group_slices
+
+B, HP, WP = 2, 2, 2  # tiny: 64x64 composite -> 4x4 latents -> 2x2 tokens per frame
+
+
+def _model(variant="fast_wam", seed=0, **kw) -> FastWAM:
+    torch.manual_seed(seed)
+    return FastWAM(preset("tiny", variant=variant, **kw)).eval()
+
+
+def _inputs(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    latents = torch.randn(B, cfg.video.in_channels, cfg.num_latent_frames, 2 * HP, 2 * WP, generator=g)
+    text = torch.randn(B, cfg.text_max_length, cfg.video.text_dim, generator=g)
+    state = torch.randn(B, cfg.state_dim, generator=g)
+    return latents, text, state
+
+
+def _plain_context(model, raw) -> Context:
+    return Context(
+        video_ctx=model.video.condition_embedder.text_embedder(raw),
+        expert_ctx=model.expert.condition_embedder.text_embedder(raw),
+    )
+
+
+@torch.no_grad()
+def test_decomposed_video_path_equals_stock_diffusers_forward():
+    model = _model()
+    latents, text, state = _inputs(model)
+    raw = model._raw_context(text, None, state)
+    for frames, t in ((1, 0.0), (model.config.num_latent_frames, 0.37)):
+        lat = latents[:, :, :frames]
+        t_frames = torch.full((B, frames), t)
+        t_frames[:, 0] = 0.0
+        t_tokens = t_frames.repeat_interleave(HP * WP, dim=1) * 1000.0
+        stock = model.video(lat, timestep=t_tokens, encoder_hidden_states=raw).sample
+        ours, _ = model.forward_tokens(
+            lat, t_frames, model._video_rope(frames, HP, WP), _plain_context(model, raw)
+        )
+        assert ours.shape == stock.shape
+        assert (ours - stock).abs().max().item() <= 1e-5
+
+
+@torch.no_grad()
+def test_cached_fast_wam_equals_uncached_masked_joint_pass_per_step_and_after_10_steps():
+    model = _model()
+    cfg = model.config
+    latents, text, state = _inputs(model)
+    first = latents[:, :, :1]
+    raw = model._raw_context(text, None, state)
+    plain = _plain_context(model, raw)
+    cached_ctx = model.with_state(model.encode_instruction(text), state)
+    cache = model.build_action_cache(first, cached_ctx)
+
+    # Reference: one uncached masked pass over [first frame, noisy future video, actions].
+    nf = cfg.future_latent_frames
+    g = torch.Generator().manual_seed(5)
+    future = torch.randn(B, cfg.video.in_channels, nf, 2 * HP, 2 * WP, generator=g)
+    video_in = torch.cat([first, future], dim=2)
+    rope = model._video_rope(1 + nf, HP, WP)
+    mask = build_mask("fast_wam", {"first": HP * WP, "future": HP * WP * nf, "action": cfg.action_horizon})
+
+    steps = 10
+    sig = torch.linspace(1.0, 0.0, steps + 1)
+    x_cached = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
+    x_ref = x_cached.clone()
+    for i in range(steps):
+        t = sig[i].expand(B)
+        v_cached = model.action_velocity(cache, x_cached, t)
+        t_frames = torch.cat([torch.zeros(B, 1), t[:, None].expand(B, nf)], dim=1)
+        _, v_ref = model.forward_tokens(video_in, t_frames, rope, plain, x_ref, t, mask)
+        assert (v_cached - v_ref).abs().max().item() <= 1e-5, f"step {i}"
+        x_cached = x_cached + (sig[i + 1] - sig[i]) * v_cached
+        x_ref = x_ref + (sig[i + 1] - sig[i]) * v_ref
+    assert (x_cached - x_ref).abs().max().item() <= 1e-5
+
+    # The sampler is the same Euler loop.
+    noise = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
+    sampled = model.sample_actions(cache, B, steps=3, noise=noise)
+    x, sig = noise.clone(), model_sigmas(model, 3)
+    for i in range(3):
+        x = x + (sig[i + 1] - sig[i]) * model.action_velocity(cache, x, sig[i].expand(B))
+    assert torch.allclose(sampled, x, atol=1e-6)
+
+
+def model_sigmas(model, steps):
+    from fastwam.model.flow import sigma_grid
+
+    return sigma_grid(steps, model.config.sample_shift)
+
+
+@torch.no_grad()
+def test_removing_the_mask_changes_the_actions():
+    model = _model()
+    cfg = model.config
+    latents, text, state = _inputs(model)
+    ctx = _plain_context(model, model._raw_context(text, None, state))
+    nf = cfg.future_latent_frames
+    rope = model._video_rope(1 + nf, HP, WP)
+    t_frames = torch.cat([torch.zeros(B, 1), torch.full((B, nf), 0.5)], dim=1)
+    actions = torch.randn(B, cfg.action_horizon, cfg.action_dim)
+    mask = build_mask("fast_wam", {"first": HP * WP, "future": HP * WP * nf, "action": cfg.action_horizon})
+    vm, am = model.forward_tokens(latents, t_frames, rope, ctx, actions, torch.full((B,), 0.5), mask)
+    vu, au = model.forward_tokens(latents, t_frames, rope, ctx, actions, torch.full((B,), 0.5), None)
+    assert (am - au).abs().max().item() > 1e-3
+    assert (vm - vu).abs().max().item() > 1e-3
+    # Future video does not reach the actions under the mask: changing it leaves them unchanged.
+    other = latents.clone()
+    other[:, :, 1:] += 1.0
+    _, am2 = model.forward_tokens(other, t_frames, rope, ctx, actions, torch.full((B,), 0.5), mask)
+    assert (am - am2).abs().max().item() <= 1e-6
+
+
+DEFINITIONS = {
+    # (query, key) pairs allowed, straight from the paper / issue text.
+    "fast_wam": {
+        ("first", "first"),
+        ("future", "first"),
+        ("future", "future"),
+        ("action", "first"),
+        ("action", "action"),
+    },
+    "joint": {
+        ("first", "first"),
+        ("future", "first"),
+        ("future", "future"),
+        ("future", "action"),
+        ("action", "first"),
+        ("action", "future"),
+        ("action", "action"),
+    },
+    "idm": {
+        ("first", "first"),
+        ("future", "first"),
+        ("future", "future"),
+        ("cond", "first"),
+        ("cond", "cond"),
+        ("action", "first"),
+        ("action", "cond"),
+        ("action", "action"),
+    },
+}
+DEFINITIONS["no_cotrain"] = DEFINITIONS["fast_wam"]
+
+
+@pytest.mark.parametrize("variant", sorted(MASK_RULES))
+def test_each_variant_mask_matches_its_definition_group_by_group(variant):
+    sizes = {"first": 3, "future": 5, "action": 4}
+    if variant == "idm":
+        sizes["cond"] = 5
+    mask = build_mask(variant, sizes)
+    slices = group_slices(sizes)
+    assert mask.shape == (sum(sizes.values()),) * 2
+    for q in slices:
+        for k in slices:
+            block = mask[slices[q], slices[k]]
+            allowed = (q, k) in DEFINITIONS[variant]
+            assert bool(block.all()) if allowed else not bool(block.any()), (variant, q, k)
+    assert list(slices) == [g for g in GROUPS if g in sizes]
+
+
+def test_mask_rejects_unknown_groups_and_variants():
+    with pytest.raises(ValueError, match="cond"):
+        build_mask("fast_wam", {"first": 1, "cond": 1})
+    with pytest.raises(ValueError, match="bogus"):
+        build_mask("bogus", {"first": 1})
+
+
+def test_full_size_parameter_counts_on_meta_device():
+    with torch.device("meta"):
+        model = FastWAM(preset("wan22-5b", action_init="random", state_dim=14))
+    video = sum(p.numel() for p in model.video.parameters())
+    expert = sum(p.numel() for p in model.expert.parameters())
+    assert abs(video - 4_999_787_712) / 4_999_787_712 < 0.01
+    assert abs(expert - 1.0e9) / 1.0e9 < 0.05
+    blk = model.expert.blocks[0].attn1
+    assert (blk.to_q.in_features, blk.to_q.out_features) == (1024, 3072)
+    assert (blk.to_out[0].in_features, blk.to_out[0].out_features) == (3072, 1024)
+    assert len(model.expert.blocks) == len(model.video.blocks) == 30
+
+
+def test_resize_init_interpolates_and_rescales_shrinking_inputs():
+    src = torch.arange(12.0).view(3, 4)  # [out=3, in=4]
+    out = resize_tensor(src, (3, 2), is_weight_matrix=True)
+    # Along the input dim: endpoints kept (align_corners), times sqrt(4 / 2).
+    assert torch.allclose(out, torch.tensor([[0.0, 3.0], [4.0, 7.0], [8.0, 11.0]]) * 2**0.5)
+    grown = resize_tensor(torch.tensor([0.0, 2.0]), (3,), is_weight_matrix=False)
+    assert torch.allclose(grown, torch.tensor([0.0, 1.0, 2.0]))
+    model = _model()
+    # Expert tensors that exist in the video DiT are resized copies, e.g. the norm_q weights (same size).
+    assert torch.equal(model.expert.blocks[1].attn1.norm_q.weight, model.video.blocks[1].attn1.norm_q.weight)
+    random_model = _model(action_init="random")
+    assert not torch.equal(
+        random_model.expert.blocks[1].attn1.to_q.weight,
+        resize_tensor(random_model.video.blocks[1].attn1.to_q.weight, (24, 16), True),
+    )
+
+
+def test_action_tokens_sit_after_the_video_frames_in_rope():
+    model = _model()
+    cos, _ = model._action_rope("cpu")
+    video_cos, _ = model._video_rope(model.config.num_latent_frames + model.config.action_horizon, 1, 1)
+    n_video = model.config.num_latent_frames
+    # With a 1x1 grid, video token f has temporal position f and row = col = 0: action j == frame n_video + j.
+    assert torch.equal(cos[0, :, 0], video_cos[0, n_video:, 0])

@@ -1,0 +1,92 @@
+"""Wan2.2-Diffusers directory loading (tiny model written with save_pretrained) and the encoders."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from fastwam.config import PROMPT_TEMPLATE, preset
+from fastwam.model import FastWAM, WanComponents, build_random_components, latent_frame_mask
+from fastwam.model.wan import build_video_transformer
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    """A tiny model in the Wan2.2-TI2V-5B-Diffusers layout."""
+    cfg = preset("tiny")
+    path = tmp_path_factory.mktemp("wan") / "Wan2.2-tiny-Diffusers"
+    torch.manual_seed(0)
+    build_video_transformer(cfg).save_pretrained(path / "transformer")
+    build_random_components(cfg).save_pretrained(path)
+    return path
+
+
+def test_layout_loads_back_through_from_pretrained_including_the_tokenizer(wan_dir):
+    cfg = preset("tiny")
+    for folder in ("transformer", "vae", "text_encoder", "tokenizer"):
+        assert (wan_dir / folder).is_dir()
+    tok = AutoTokenizer.from_pretrained(wan_dir / "tokenizer", local_files_only=True)
+    ids = tok("fold the towel").input_ids
+    assert ids[-1] == tok.eos_token_id and tok.pad_token_id == 0
+    comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
+    fresh = build_random_components(cfg)
+    for a, b in zip(comp.text_encoder.state_dict().values(), fresh.text_encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    model = FastWAM.from_wan_pretrained(cfg, wan_dir)
+    torch.manual_seed(0)
+    ref = build_video_transformer(cfg)
+    for (name, a), b in zip(model.video.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_missing_directories_and_files_are_named(wan_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        WanComponents.from_pretrained(tmp_path / "nowhere", 16)
+    broken = tmp_path / "broken"
+    shutil.copytree(wan_dir, broken)
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        WanComponents.from_pretrained(broken, 16)
+    (broken / "vae" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="vae"):
+        WanComponents.from_pretrained(broken, 16)
+    with pytest.raises(FileNotFoundError, match="transformer"):
+        FastWAM.from_wan_pretrained(preset("tiny"), tmp_path / "empty")
+
+
+def test_encode_video_is_normalised_with_the_wan_latent_statistics(wan_dir):
+    cfg = preset("tiny")
+    comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
+    video = torch.rand(2, 3, 5, 64, 32) * 2 - 1
+    lat = comp.encode_video(video)
+    assert lat.shape == (2, cfg.video.in_channels, 2, 4, 2)
+    raw = comp.vae.encode(video).latent_dist.mode()
+    mean = torch.tensor(cfg.vae["latents_mean"]).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.vae["latents_std"]).view(1, -1, 1, 1, 1)
+    assert torch.allclose(lat, (raw - mean) / std, atol=1e-6)
+    with pytest.raises(ValueError, match="B, 3, T, H, W"):
+        comp.encode_video(torch.zeros(3, 5, 64, 32))
+
+
+def test_encode_text_applies_the_template_pads_and_masks(wan_dir):
+    cfg = preset("tiny", text_max_length=64)
+    comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
+    embeds, mask = comp.encode_text(["fold the towel", "open the drawer now"])
+    assert embeds.shape == (2, 64, cfg.video.text_dim) and mask.dtype == torch.bool
+    n = len(comp.tokenizer(PROMPT_TEMPLATE.format(task="fold the towel")).input_ids)
+    assert int(mask[0].sum()) == n
+    assert bool((embeds[0, n:] == 0).all()) and bool((embeds[0, :n] != 0).any())
+    plain, _ = comp.encode_text(["fold the towel"], template=False)
+    assert not torch.allclose(plain[0], embeds[0])
+    with pytest.raises(TypeError):
+        comp.encode_text("a bare string")
+
+
+def test_latent_frame_mask_maps_groups_of_four_pixel_frames():
+    fm = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert latent_frame_mask(fm).tolist() == [[True, True, True], [True, True, False]]
+    with pytest.raises(ValueError, match="1 \\+ 4 k"):
+        latent_frame_mask(torch.ones(1, 8, dtype=torch.bool))
