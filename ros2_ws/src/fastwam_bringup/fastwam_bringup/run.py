@@ -205,9 +205,12 @@ def run(args: argparse.Namespace) -> int:
             executor.spin_once(timeout_sec=0.05)
         return _summary(args, sim, monitor, elapsed, recorder)
     finally:
+        executor.shutdown()
+        # spin_once hands callbacks to the executor's thread pool without waiting for them, and
+        # shutdown() does not wait either: let in-flight ones (a camera frame) finish first.
+        time.sleep(0.3)
         for node in nodes:
             executor.remove_node(node)
-        executor.shutdown()
         for node in nodes:
             if hasattr(node, "recorder"):  # the recorder node's writer: saves a running episode
                 node.recorder.shutdown()
