@@ -328,3 +328,41 @@ def test_bad_bags_name_the_problem(tmp_path, config):
         align_episode(streams, config, fps=15.0)
     with pytest.raises(BagError, match="no such bag"):
         find_bags([tmp_path / "missing"])
+
+
+def test_sequence_gaps_and_overflow_are_counted_as_dropped(tmp_path, config):
+    recorder = EpisodeRecorder(
+        tmp_path, [TopicSpec("/a", "sensor_msgs/msg/JointState")], max_queue_bytes=10_000
+    )
+    data = bytes(
+        TS.serialize_cdr(
+            JointState(
+                header=Header(stamp=Time(sec=1, nanosec=0), frame_id=""),
+                name=[],
+                position=np.zeros(1),
+                velocity=np.zeros(0),
+                effort=np.zeros(0),
+            ),
+            "sensor_msgs/msg/JointState",
+        )
+    )
+    recorder.submit(0, 1, data, seq=1)  # idle: tracked, not recorded
+    recorder.start("gaps")
+    for seq in (2, 3, 6, 7, 10):  # 4, 5, 8, 9 never arrived
+        recorder.submit(0, seq, data, seq=seq)
+    assert recorder.status().dropped == [4]
+    recorder.set_publisher_count(0, 2)  # two publishers interleave their numbers: no gap claims
+    recorder.submit(0, 11, data, seq=1)
+    recorder.submit(0, 12, data, seq=20)
+    assert recorder.status().dropped == [4]
+    episode = recorder.stop(save=True, task_success=True)
+    assert read_episode_json(episode.path)["topics"]["/a"] == {
+        "count": 7,
+        "dropped": 4,
+        "msgtype": "sensor_msgs/msg/JointState",
+    }
+    # More queued than max_queue_bytes (a disk that cannot keep up): dropped and counted, not lost silently.
+    recorder.start("overflow")
+    recorder.submit(0, 1, bytes(20_000))
+    assert recorder.status().dropped == [1]
+    recorder.stop(save=False, task_success=False)

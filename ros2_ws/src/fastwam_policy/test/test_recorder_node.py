@@ -275,6 +275,22 @@ def test_unwritable_output_directory_reports_an_error(tmp_path, client):
     assert process.returncode is not None
 
 
+def test_sigterm_saves_the_running_episode_unlabelled(tmp_path, client):
+    recorder, executor, _ = client
+    process = start_recorder(tmp_path / "episodes")
+    try:
+        wait_ready(recorder, executor, process)
+        ok, message = call(recorder, Command("start", instruction="fold"))
+        assert ok, message
+    finally:
+        log = finish(process, signal.SIGTERM)
+    assert process.returncode == 0, log
+    (episode,) = (tmp_path / "episodes").iterdir()
+    info = read_episode_json(episode)
+    assert info["status"] == "saved" and info["stopped_by"] == "shutdown" and info["task_success"] is None
+    assert (episode / "metadata.yaml").is_file()
+
+
 def test_key_commands():
     keys = KeyCommands("fold")
     assert keys.press("s") == Command("start", instruction="fold")

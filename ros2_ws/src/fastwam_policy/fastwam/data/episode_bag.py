@@ -288,15 +288,20 @@ class EpisodeRecorder:
             self._recording = True
             return episode
 
-    def stop(self, save: bool, task_success: bool, timeout_s: float = 60.0) -> EpisodeResult:
-        """End the episode: finalize it (save) or delete it. Raises EpisodeError."""
+    def stop(
+        self, save: bool, task_success: bool | None, timeout_s: float = 60.0, reason: str = "request"
+    ) -> EpisodeResult:
+        """End the episode: finalize it (save) or delete it. Raises EpisodeError.
+
+        task_success None = unknown (e.g. saved by a shutdown); `reason` is stored as stopped_by.
+        """
         with self._lock:
             episode = self._episode
             if episode is None:
                 last = f" (episode {self.last_episode} failed: {self.error})" if self.error else ""
                 raise EpisodeError("not recording" + last)
             self._recording = False
-            self._queue.put((_STOP, save, task_success))
+            self._queue.put((_STOP, save, task_success, reason))
             if not self._closed.wait(timeout=timeout_s):
                 raise EpisodeError(f"episode {episode.name}: closing took longer than {timeout_s} s")
             self._episode = None
@@ -354,10 +359,10 @@ class EpisodeRecorder:
         )
 
     def shutdown(self) -> None:
-        """Save a running episode (unlabelled) on a clean shutdown rather than lose it."""
+        """Save a running episode (success unknown) on a clean shutdown rather than lose it."""
         if self._recording:
             with contextlib.suppress(EpisodeError):  # reported through self.error; bag stays recoverable
-                self.stop(save=True, task_success=False)
+                self.stop(save=True, task_success=None, reason="shutdown")
 
     # -- writer thread ---------------------------------------------------------------------------
     _close_error = ""
@@ -370,7 +375,7 @@ class EpisodeRecorder:
             except queue.Empty:
                 item = None
             if item is not None and item[0] is _STOP:
-                self._finish(writer, episode, save=item[1], task_success=item[2], failed="")
+                self._finish(writer, episode, save=item[1], task_success=item[2], failed="", reason=item[3])
                 return
             try:
                 if item is not None:
@@ -397,10 +402,10 @@ class EpisodeRecorder:
                         break
                     if rest[0] is not _STOP:
                         self.counters[rest[0]].dropped += 1
-                self._finish(writer, episode, save=False, task_success=False, failed=failed)
+                self._finish(writer, episode, save=False, task_success=None, failed=failed, reason="error")
                 return
 
-    def _finish(self, writer, episode, save: bool, task_success: bool, failed: str) -> None:
+    def _finish(self, writer, episode, save: bool, task_success, failed: str, reason: str) -> None:
         try:
             stop_ns = time.time_ns()
             counts = {
@@ -411,7 +416,8 @@ class EpisodeRecorder:
                 stop_time_ns=stop_ns,
                 duration_s=(stop_ns - episode.info["start_time_ns"]) / 1e9,
                 topics=counts,
-                task_success=bool(task_success) if save else None,
+                task_success=None if task_success is None or not save else bool(task_success),
+                stopped_by=reason,
             )
             if failed:
                 episode.info.update(status=FAILED, error=failed, partial=True, task_success=None)
@@ -428,7 +434,7 @@ class EpisodeRecorder:
                 writer.close(
                     {
                         "fastwam.instruction": episode.info["instruction"],
-                        "fastwam.task_success": json.dumps(bool(task_success)),
+                        "fastwam.task_success": json.dumps(episode.info["task_success"]),
                         "fastwam.episode": episode.name,
                     }
                 )
