@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim import ScriptedFolder, TowelFoldEnv
+from fastwam.sim import ScriptedFolder, SimParams, TowelFoldEnv
 
 CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
 RATE_HZ = 15.0
@@ -166,3 +166,26 @@ def test_start_poses_are_seeded_and_varied(env):
     env.reset(3)
     assert (env.towel.pose.x, env.towel.pose.y, env.towel.pose.yaw) == tuple(poses[3])
     assert np.all(poses.std(axis=0) > [0.015, 0.02, 0.1])
+
+
+def test_scripted_demos_write_a_lerobot_dataset_the_reader_loads(tmp_path, config):
+    from fastwam.data.lerobot import LeRobotDataset
+    from fastwam.sim.demos import CAMERA_FEATURE, scripted_demo, write_dataset
+
+    small = SimParams(image_height=96, image_width=128)  # same scene, cheap to encode
+    env = TowelFoldEnv(config.robot, config.cameras.keys, small)
+    demo = scripted_demo(env, seed=11)
+    assert demo.success and 5.0 < demo.first_success_s < 10.0
+    steps = len(demo.timestamps)
+    assert demo.state.shape == (steps, config.robot.state_dim)
+    assert demo.action.shape == (steps, config.robot.action_dim)
+    assert demo.frames["head"].shape == (steps, 96, 128, 3)
+    # Frame 0 shows the robot at rest: the first command is where it stands.
+    np.testing.assert_allclose(demo.action[0], demo.state[0], atol=1e-9)
+
+    written = write_dataset(tmp_path / "ds", config, episodes=1, seed=3, params=small)
+    assert [d.seed for d in written] == [3]
+    dataset = LeRobotDataset(tmp_path / "ds")
+    assert dataset.episode_indices == [0]
+    assert dataset.total_frames == len(written[0].timestamps)
+    assert set(dataset.video_keys) == {CAMERA_FEATURE.format(key=k) for k in config.cameras.keys}
