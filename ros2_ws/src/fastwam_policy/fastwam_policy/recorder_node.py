@@ -27,6 +27,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from fastwam.data.episode_bag import (
@@ -40,6 +41,9 @@ from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam_msgs.msg import RecorderStatus
 from fastwam_msgs.srv import StartEpisode, StopEpisode
 
+# Iron and later pass rmw message info (reception time, publisher sequence number) to two-argument
+# callbacks; Humble (the R1 Lite's distribution) does not, and then drops are not detectable by gaps.
+_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 
 
@@ -130,6 +134,12 @@ class RecorderNode(Node):
     # -- messages -------------------------------------------------------------------------------------
     def _forward(self, index: int):
         submit = self.recorder.submit
+        if not _MESSAGE_INFO:  # Humble: callbacks get the message only
+
+            def callback_humble(data: bytes) -> None:
+                submit(index, time.time_ns(), data)
+
+            return callback_humble
 
         def callback(data: bytes, info) -> None:
             # Bag time = reception time, as `ros2 bag record` does; the converter aligns on header stamps.

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
@@ -126,6 +127,11 @@ def test_episode_bag_round_trip_and_metadata(tmp_path, config):
         summary = reader.get_summary()
         assert {s.encoding for s in summary.schemas.values()} == {"ros2msg"}
         assert sum(1 for _ in reader.iter_messages()) == len(messages)
+        # mcap_ros2 (Foxglove's decoder) parses the schemas and decodes the CDR.
+        f.seek(0)
+        decoded = make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages()
+        _, channel, _, first = next(iter(decoded))
+        assert channel.topic == messages[0][0] and first.header.stamp.sec > 0
     meta = (episode.path / "metadata.yaml").read_text()
     assert "version: 8" in meta and "fastwam.instruction: fold the towel" in meta
     # Discarding deletes the episode; the saved one is untouched.

@@ -2,8 +2,8 @@
 
 Checks: every published message is in the episode bag with identical content, the converted
 dataset's frames and actions are the published ones, SIGKILL mid-episode keeps earlier episodes and
-the partial one recoverable, an unwritable output directory is a clear error, the operator's key
-helper drives the services.
+the partial one recoverable, SIGTERM saves the running episode, an unwritable output directory is a
+clear error, the operator's key helper drives the services.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 
-from fastwam.data.bag import convert_bags  # noqa: E402
 from fastwam.data.bag import main as bag_main  # noqa: E402
 from fastwam.data.episode_bag import find_incomplete_episodes, read_episode_json  # noqa: E402
 from fastwam.data.lerobot import LeRobotDataset  # noqa: E402
@@ -165,8 +164,12 @@ def check_contents(bag: dict[str, list], published: dict[str, int], config) -> N
 def test_every_message_recorded_and_converted(tmp_path, client):
     recorder, executor, statuses = client
     config = load_robot_config(CONFIG)
-    process = start_recorder(tmp_path / "episodes")
-    publishers = start_publishers(seconds=3.0)
+    root = tmp_path / "dataset"
+    # The recorder converts each saved episode itself (lossless video, so frames compare exactly).
+    process = start_recorder(
+        tmp_path / "episodes", f"convert_dataset:={root}", "convert_codec:=h264_lossless"
+    )
+    publishers = start_publishers(seconds=2.5)
     try:
         wait_ready(recorder, executor, process)
         ok, message = call(recorder, Command("start", instruction="fold the towel"))
@@ -177,11 +180,21 @@ def test_every_message_recorded_and_converted(tmp_path, client):
         ok, message = call(recorder, Command("stop", save=True, task_success=True))
         assert ok, message
         assert spin_until(executor, lambda: statuses and not statuses[-1].recording, 5)
+        deadline = time.monotonic() + 90
+        while not (root / "meta" / "fastwam_stats.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # A clean shutdown (SIGTERM) mid-episode saves it, success unknown.
+        ok, message = call(recorder, Command("start", instruction="interrupted"))
+        assert ok, message
     finally:
         finish(publishers)
-        log = finish(process)
+        log = finish(process, signal.SIGTERM)
+    assert process.returncode == 0, log
     episodes = sorted((tmp_path / "episodes").iterdir())
-    assert len(episodes) == 1, log
+    assert len(episodes) == 2, log
+    interrupted = read_episode_json(episodes[1])
+    assert interrupted["status"] == "saved" and interrupted["stopped_by"] == "shutdown"
+    assert interrupted["task_success"] is None and (episodes[1] / "metadata.yaml").is_file()
     info = read_episode_json(episodes[0])
     assert (
         info["status"] == "saved" and info["task_success"] is True and info["instruction"] == "fold the towel"
@@ -192,12 +205,13 @@ def test_every_message_recorded_and_converted(tmp_path, client):
     # Status while recording: per-topic counts and rates, no drops.
     live = [s for s in statuses if s.recording and sum(s.message_counts) > 0]
     assert live and list(live[-1].topics) == list(published) and max(live[-1].rates_hz) > 0
-    assert statuses[-1].episodes_saved == 1 and sum(statuses[-1].dropped) == 0 and not statuses[-1].error
+    final = [s for s in statuses if not s.recording and s.episodes_saved == 1]
+    assert final and sum(final[-1].dropped) == 0 and not final[-1].error
 
     # Conversion: frames and actions are the published ones.
-    root = tmp_path / "dataset"
-    assert convert_bags([episodes[0]], root, config, codec="h264_lossless", log=lambda *_: None) == [0]
+    assert (root / "meta" / "fastwam_stats.json").is_file(), log  # written last by the converter
     dataset = LeRobotDataset(root)
+    assert dataset.episode_indices == [0] and dataset.episode(0).tasks == ("fold the towel",)
     data = dataset.read_episode(0, ["action", "observation.state", "source_timestamp"])
     head = config.topics.cameras["head"].topic
     heads = sorted(read_bag(episodes[0])[head], key=lambda m: (m.header.stamp.sec, m.header.stamp.nanosec))
@@ -273,22 +287,6 @@ def test_unwritable_output_directory_reports_an_error(tmp_path, client):
     finally:
         finish(process)
     assert process.returncode is not None
-
-
-def test_sigterm_saves_the_running_episode_unlabelled(tmp_path, client):
-    recorder, executor, _ = client
-    process = start_recorder(tmp_path / "episodes")
-    try:
-        wait_ready(recorder, executor, process)
-        ok, message = call(recorder, Command("start", instruction="fold"))
-        assert ok, message
-    finally:
-        log = finish(process, signal.SIGTERM)
-    assert process.returncode == 0, log
-    (episode,) = (tmp_path / "episodes").iterdir()
-    info = read_episode_json(episode)
-    assert info["status"] == "saved" and info["stopped_by"] == "shutdown" and info["task_success"] is None
-    assert (episode / "metadata.yaml").is_file()
 
 
 def test_key_commands():
