@@ -4,7 +4,8 @@ Three 480x640 JPEG cameras at 30 Hz, four feedback and four command JointState t
 (R1 Lite topic names from the robot config), published by a separate process for --seconds; the
 recorder node runs in its own process. Prints per-topic published / recorded / dropped counts, the
 recorder process's CPU use during the episode (cores = CPU seconds / wall seconds, from
-/proc/<pid>/stat), bag size, and the LeRobot conversion time as a multiple of real time.
+/proc/<pid>/stat), bag size, and the LeRobot conversion time as a multiple of real time (cameras at
+native size, then resized to the camera layout).
 
     source scripts/env.sh && python benchmarks/recorder.py --seconds 60
 """
@@ -113,15 +114,22 @@ def main() -> None:
     )
 
     config = load_robot_config(CONFIG)
-    started = time.monotonic()
-    convert_bags([episode], work / "dataset", config, codec=args.codec, log=lambda *_: None)
-    took = time.monotonic() - started
-    print(
-        f"conversion ({args.codec}, {config.control.rate_hz:g} fps): {took:.1f} s for {args.seconds:.0f} s "
-        f"= {args.seconds / took:.2f}x real time"
-    )
-    source = json.loads((work / "dataset" / "meta" / "fastwam_sources.jsonl").read_text().splitlines()[0])
-    print(f"  phases (s): {source['seconds']} (write = LeRobotV21Writer.add_episode: videos, parquet, stats)")
+    for resize in (False, True):
+        dataset = work / ("dataset_layout" if resize else "dataset")
+        started = time.monotonic()
+        convert_bags(
+            [episode], dataset, config, codec=args.codec, resize_to_layout=resize, log=lambda *_: None
+        )
+        took = time.monotonic() - started
+        what = "cameras at layout size" if resize else "native 480x640"
+        print(
+            f"conversion ({args.codec}, {config.control.rate_hz:g} fps, {what}): {took:.1f} s for "
+            f"{args.seconds:.0f} s = {args.seconds / took:.2f}x real time"
+        )
+        source = json.loads((dataset / "meta" / "fastwam_sources.jsonl").read_text().splitlines()[0])
+        print(
+            f"  phases (s): {source['seconds']} (write = LeRobotV21Writer.add_episode: videos, parquet, stats)"
+        )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -91,6 +91,7 @@ class RecorderNode(Node):
         self.default_instruction = str(p("default_instruction", "").value)
         self.convert_dataset = str(p("convert_dataset", "").value)
         self.convert_codec = str(p("convert_codec", "h264").value)
+        self.convert_resize = bool(p("convert_resize_to_layout", False).value)
         recover = bool(p("recover_on_start", True).value)
         status_rate_hz = float(p("status_rate_hz", 1.0).value)
         if not config_path:
@@ -265,6 +266,7 @@ class RecorderNode(Node):
                 self.config_path,
                 "--codec",
                 self.convert_codec,
+                *(["--resize-to-layout"] if self.convert_resize else []),
             ]
             started = time.monotonic()
             result = subprocess.run(

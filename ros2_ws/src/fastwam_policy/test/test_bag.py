@@ -309,12 +309,17 @@ def test_plain_ros2_bag_record_needs_an_instruction(tmp_path, config):
                 "fold",
                 "--codec",
                 "h264",
+                "--resize-to-layout",
             ]
         )
         == 0
     )
     dataset = LeRobotDataset(root)
     assert dataset.episode(0).tasks == ("fold",) and dataset.episode(0).length >= 14
+    # Cameras stored at their layout sizes, H.264 (yuv420p).
+    head = dataset.read_frames(0, "observation.images.head", [0.0])
+    wrist = dataset.read_frames(0, "observation.images.wrist_left", [0.0])
+    assert head.shape == (1, 256, 320, 3) and wrist.shape == (1, 128, 160, 3)
 
 
 def test_bad_bags_name_the_problem(tmp_path, config):

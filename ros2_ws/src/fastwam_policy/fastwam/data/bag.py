@@ -190,8 +190,13 @@ def align_episode(
     max_skew_s: float = 0.25,
     max_gap_s: float = 0.5,
     max_trim_s: float = 1.0,
+    resize_to_layout: bool = False,
 ) -> AlignedEpisode:
-    """Resample every stream at the reference camera's frames (subsampled to `fps`)."""
+    """Resample every stream at the reference camera's frames (subsampled to `fps`).
+
+    resize_to_layout: store each camera at its size in the config's camera layout (what the model
+    sees) instead of the native resolution: smaller datasets, faster conversion and loading.
+    """
     bag = streams.bag
     reference = reference or ("head" if "head" in streams.cameras else config.cameras.keys[0])
     if reference not in streams.cameras:
@@ -243,7 +248,8 @@ def align_episode(
                 f"(nearest {skew[k]:.3f} s away); camera stalled? (--max-skew-s to relax)"
             )
         info[f"max_skew_s.{key}"] = round(float(skew.max()), 4)
-        frames[key] = _decode_frames(stream, index, key, bag)
+        size = _view_sizes(config)[key] if resize_to_layout else None
+        frames[key] = _decode_frames(stream, index, key, bag, size)
     state = config.robot.join(
         _interpolate(streams.feedback, times, max_gap_s, "feedback", bag), config.robot.state_groups
     )
@@ -288,12 +294,21 @@ def _interpolate(
     return out
 
 
-def _decode_frames(stream: CameraStream, index: np.ndarray, key: str, bag: Path) -> np.ndarray:
+def _view_sizes(config: RobotConfig) -> dict[str, tuple[int, int]]:
+    return {view.key: (view.height, view.width) for row in config.cameras.rows for view in row}
+
+
+def _decode_frames(
+    stream: CameraStream, index: np.ndarray, key: str, bag: Path, size: tuple[int, int] | None
+) -> np.ndarray:
     decoded: dict[int, np.ndarray] = {}
     clip = []
     for i in index.tolist():
         if i not in decoded:
-            decoded[i] = _decode_image(stream.messages[i], f"{bag}: camera {key} message {i}")
+            image = _decode_image(stream.messages[i], f"{bag}: camera {key} message {i}")
+            if size is not None and image.shape[:2] != size:
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            decoded[i] = image
         clip.append(decoded[i])
     shapes = {f.shape for f in clip}
     if len(shapes) != 1:
@@ -361,6 +376,7 @@ def convert_bags(
     max_skew_s: float = 0.25,
     max_gap_s: float = 0.5,
     max_trim_s: float = 1.0,
+    resize_to_layout: bool = False,
     update_stats: bool = True,
     log=print,
 ) -> list[int]:
@@ -412,7 +428,13 @@ def convert_bags(
         streams = read_episode_streams(bag, config, time_source)
         read_s = time.monotonic() - started
         aligned = align_episode(
-            streams, config, fps, max_skew_s=max_skew_s, max_gap_s=max_gap_s, max_trim_s=max_trim_s
+            streams,
+            config,
+            fps,
+            max_skew_s=max_skew_s,
+            max_gap_s=max_gap_s,
+            max_trim_s=max_trim_s,
+            resize_to_layout=resize_to_layout,
         )
         align_s = time.monotonic() - started - read_s
         index = writer.add_episode(
@@ -498,6 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument(
         "--max-trim-s", type=float, default=1.0, help="max cut where joint streams start late/end early"
     )
+    c.add_argument(
+        "--resize-to-layout",
+        action="store_true",
+        help="store cameras at their camera-layout size (e.g. head 256x320, wrists 128x160), not native",
+    )
     r = sub.add_parser("recover", help="rebuild interrupted episode bags from their written chunks")
     r.add_argument("paths", nargs="+", help="episode directories or recorder output directories")
     i = sub.add_parser("info", help="print a bag's topics, counts and episode.json")
@@ -518,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_skew_s=args.max_skew_s,
                 max_gap_s=args.max_gap_s,
                 max_trim_s=args.max_trim_s,
+                resize_to_layout=args.resize_to_layout,
             )
             print(f"added {len(added)} episode(s) to {args.dataset}")
         elif args.command == "recover":
