@@ -258,3 +258,24 @@ def experiment_dict(
         else:
             config[name] = values
     return config
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic LeRobot dataset (see training/configs/tiny_synthetic.yaml)."
+    )
+    parser.add_argument("root", help="output directory (must not hold a dataset of another shape)")
+    parser.add_argument("--version", choices=["v2.1", "v3.0"], default="v2.1")
+    parser.add_argument("--episodes", type=int, default=6)
+    parser.add_argument("--length", type=int, default=60, help="frames per episode")
+    parser.add_argument("--codec", default="h264")
+    args = parser.parse_args(argv)
+    make = make_v21_dataset if args.version == "v2.1" else make_v30_dataset
+    root = make(args.root, [args.length] * args.episodes, codec=args.codec)
+    print(f"wrote {args.episodes} episodes x {args.length} frames ({args.version}) to {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -146,6 +146,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
         self.ema = EMA(self.model.parameters(), train.ema_decay) if train.ema_decay else None
+        sharded = acc.distributed_type == DistributedType.FSDP
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            ds = acc.state.deepspeed_plugin
+            sharded = ds.zero_stage == 3
+            # No dataloader goes through prepare(), so DeepSpeed cannot infer its "auto" batch size.
+            ds.deepspeed_config["train_micro_batch_size_per_gpu"] = train.batch_size
+        if self.ema is not None and sharded:
+            raise ValueError(
+                "train.ema_decay: EMA needs whole local weights (1 process, DDP, ZeRO-2), not FSDP/ZeRO-3"
+            )
         self.loss_module, self.optimizer = acc.prepare(LossModule(self.model), self.optimizer)
         acc.register_for_checkpointing(self.scheduler)
         if self.ema is not None:
