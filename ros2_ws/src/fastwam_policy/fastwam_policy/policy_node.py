@@ -515,12 +515,6 @@ class FastWAMPolicyNode(Node):
                 for key, message in failed.items():
                     self._tracker.frame_failed(key, observation.frames[key].seq, message)
             return
-        with self._lock:
-            if self._shutting_down:
-                return
-            show = self._composite_pub.get_subscription_count() > 0
-        if show:
-            self._publish_image(self._composite_pub, self.config.cameras.compose(decoded), observation.stamp)
         state = robot.join(observation.joints, robot.state_groups) if robot.state_groups else None
         try:
             out = self._policy.predict(decoded, state, request.instruction, generator=self._generator)
@@ -565,6 +559,13 @@ class FastWAMPolicyNode(Node):
                 self._control_timer.reset()
                 self._chunk_pub.publish(self._chunk_msg(request, actions, timings, sequence, result, now))
         self._publish_status(only_on_change=True)
+        # Monitoring after the chunk is applied: composing and drawing stay off the latency path.
+        with self._lock:
+            if self._shutting_down:
+                return
+            show = self._composite_pub.get_subscription_count() > 0
+        if show:
+            self._publish_image(self._composite_pub, self.config.cameras.compose(decoded), observation.stamp)
         if result.accepted:
             self._publish_plot()
 
