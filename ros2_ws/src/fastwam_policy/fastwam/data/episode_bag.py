@@ -109,7 +109,6 @@ class EpisodeBagWriter:
         self._connections = []
         for spec in topics:
             self.add_topic(spec)
-        self.flush()  # schemas and channels reach the disk even if no message ever does
 
     def add_topic(self, spec: TopicSpec) -> int:
         """Register a topic; returns the index `write` takes."""
@@ -129,11 +128,13 @@ class EpisodeBagWriter:
         self._writer.write(self._connections[topic_index], int(timestamp_ns), data)
 
     def flush(self) -> None:
-        """Close the pending chunk (if any) and push it to the disk."""
+        """Close the pending chunk (if it holds messages) and push it to the disk."""
         storage = self._writer.storage
         if storage is None:
             return
-        if storage.chunk.bio.tell():
+        # The first chunk also carries the schema and channel records, so a recovered file has them.
+        # A chunk without messages would get an inverted time range: keep it open until one comes.
+        if storage.chunk.msgs:
             storage.close_chunk()
         storage.bio.flush()
         if self.fsync:
