@@ -140,6 +140,10 @@ class Trainer:
             if val_eps
             else None
         )
+        # The frozen encoders build the caches on the accelerator. (The text encoder stays there even
+        # with a text cache: WanComponents.encode_video follows the text encoder's device.)
+        self.components.vae.to(acc.device)
+        self.components.text_encoder.to(acc.device)
         self._setup_caches()
 
         # -- optimization --------------------------------------------------------------------------
@@ -160,8 +164,6 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)
         if self.ema is not None:
             acc.register_for_checkpointing(self.ema)
-        self.components.vae.to(acc.device)
-        self.components.text_encoder.to(acc.device)
         self.step = 0  # optimizer steps done
         if config.checkpoint.resume:
             self.resume(config.checkpoint.resume)

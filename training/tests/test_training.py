@@ -104,6 +104,17 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_checkpointing_keeps_losses(dataset, tmp_path):
+    sections = dict(train={"max_steps": 3, "batch_size": 4}, cache={"text": True, "latents": True})
+    plain = Trainer(_config(dataset, tmp_path / "a", **sections)).train()
+    sections["train"]["gradient_checkpointing"] = True
+    trainer = Trainer(_config(dataset, tmp_path / "b", **sections))
+    assert trainer.model.gradient_checkpointing
+    checkpointed = trainer.train()
+    for a, b in zip(plain, checkpointed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
 def test_checkpoint_is_self_describing_and_validation_runs(dataset, tmp_path):
     config = _config(
         dataset,
@@ -168,7 +179,15 @@ def test_cli_trains_and_resumes(dataset, tmp_path):
     path.write_text(
         yaml.safe_dump(experiment_dict(dataset, tmp_path / "run", train={"max_steps": 3, "batch_size": 2}))
     )
-    cmd = [sys.executable, "-m", "fastwam_training.train", "--config", str(path), "checkpoint.every=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastwam_training.train",
+        "--config",
+        str(path),
+        "checkpoint.every=2",
+        "data.num_workers=1",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "done: step 3" in out.stdout
