@@ -139,8 +139,10 @@ def test_windows_align_with_source_arrays(tmp_path, version):
     assert checked == 8
 
 
-def test_lossy_h264_frames_are_close(tmp_path):
-    ds = LeRobotDataset(make_v21_dataset(tmp_path / "ds", (10,), codec="h264"))
+@pytest.mark.parametrize("codec", ["h264", "av1"])  # av1: LeRobot's default (libsvtav1 / dav1d)
+def test_lossy_codecs_frames_are_close(tmp_path, codec):
+    ds = LeRobotDataset(make_v21_dataset(tmp_path / "ds", (10,), codec=codec))
+    assert ds.features[CAMERAS[1]]["info"]["video.codec"] == codec
     src = episode_arrays(0, 10)["frames"][CAMERAS[1]]
     frames = ds.read_frames(0, CAMERAS[1], np.array([9, 0, 4]) / 15)
     diff = np.abs(frames.astype(np.int16) - src[[9, 0, 4]].astype(np.int16))
