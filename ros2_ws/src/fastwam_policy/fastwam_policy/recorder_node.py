@@ -213,12 +213,14 @@ class RecorderNode(Node):
 
     # -- status ---------------------------------------------------------------------------------------
     def _on_timer(self) -> None:
-        for index, (topic, *_rest) in enumerate(self.topics):
-            self.recorder.set_publisher_count(index, self.count_publishers(topic))
         s = self.recorder.status()
         key = (s.recording, s.episode, s.episodes_saved, s.error)
-        now = time.monotonic()
-        if key != self._last_published or now >= self._next_periodic:
+        periodic = time.monotonic() >= self._next_periodic
+        if periodic:
+            # Sequence gaps count as drops only on topics with one publisher (numbers are per writer).
+            for index, (topic, *_rest) in enumerate(self.topics):
+                self.recorder.set_publisher_count(index, self.count_publishers(topic))
+        if periodic or key != self._last_published:
             self._publish_status()
 
     def _publish_status(self) -> None:
