@@ -381,7 +381,10 @@ class FastWAMPolicyNode(Node):
     # ---- control -----------------------------------------------------------------------------
     def _commanding(self) -> bool:
         return (
-            self._motion_enabled and self._ready and not (self._estop or self._error or self._shutting_down)
+            self._motion_enabled
+            and self._ready
+            and not (self._estop or self._error or self._shutting_down)
+            and self.context.ok()
         )
 
     def _on_control_tick(self) -> None:
@@ -446,6 +449,15 @@ class FastWAMPolicyNode(Node):
                 request, self._request = self._request, None
             try:
                 self._infer(request)
+            except Exception as error:  # a bug, or the context shutting down under us: stop commanding
+                with self._lock:
+                    if not self._shutting_down and self.context.ok():
+                        self._error = (
+                            f"internal error in the inference worker: {type(error).__name__}: {error}"
+                        )
+                        self._motion_enabled = False
+                        self._plan.hold()
+                        self.get_logger().error(self._error)
             finally:
                 with self._lock:
                     self._busy = False
@@ -529,6 +541,8 @@ class FastWAMPolicyNode(Node):
                     self._error = f"{self._failures} consecutive inference failures; last: {error}"
                     self._motion_enabled = False
             self.get_logger().error(self._hold_reason)
+            if self._error and self.get_parameter("motion_enabled").value:
+                self.set_parameters([Parameter("motion_enabled", Parameter.Type.BOOL, False)])
             self._publish_status(only_on_change=True)
             return
         with self._lock:

@@ -33,7 +33,7 @@ START_TIMEOUT = 120.0  # imports torch + diffusers and warms up on a loaded 2-co
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy_node")
     checkpoint, config_path, config = harness.write_test_setup(
-        tmp, freshness={"max_camera_age_s": 1.0, "max_camera_skew_s": 0.5, "max_joint_age_s": 1.0}
+        tmp, freshness={"max_camera_age_s": 2.0, "max_camera_skew_s": 2.0, "max_joint_age_s": 2.0}
     )
     domain = harness.domain_id(1)
     proc = harness.start_node(checkpoint, config_path, domain, tmp / "node.log", instruction="fold the towel")
