@@ -11,6 +11,17 @@ Services: ~/start_episode (fastwam_msgs/StartEpisode: instruction), ~/stop_episo
 save or discard, task_success). Status: ~/status (fastwam_msgs/RecorderStatus) at 1 Hz and on
 every change. Optional: convert each saved episode into a LeRobot dataset in the background
 (`convert_dataset` parameter), recover interrupted episodes found at start-up.
+
+Parameters: robot_config (YAML path; default fastwam_bringup's r1_lite.yaml), output_dir
+(~/fastwam_episodes), qos_depth (100), {camera,feedback,command}_reliability (best_effort |
+reliable; best_effort matches any publisher), flush_period_s (1.0: the most a crash can lose),
+fsync (true), default_instruction, convert_dataset (LeRobot root; empty = off), convert_codec
+(h264), convert_resize_to_layout (false), recover_on_start (true), status_rate_hz (1.0).
+
+    ros2 run fastwam_policy recorder_node --ros-args -p output_dir:=/data/episodes
+    ros2 run fastwam_policy teleop_keys --ros-args -p instruction:="fold the towel"
+    ros2 run fastwam_policy bag_to_lerobot convert /data/episodes --dataset /data/towel \
+        --config r1_lite.yaml
 """
 
 from __future__ import annotations
