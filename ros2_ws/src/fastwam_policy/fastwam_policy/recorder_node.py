@@ -20,8 +20,7 @@ fsync (true), default_instruction, convert_dataset (LeRobot root; empty = off), 
 
     ros2 run fastwam_policy recorder_node --ros-args -p output_dir:=/data/episodes
     ros2 run fastwam_policy teleop_keys --ros-args -p instruction:="fold the towel"
-    ros2 run fastwam_policy bag_to_lerobot convert /data/episodes --dataset /data/towel \
-        --config r1_lite.yaml
+    ros2 run fastwam_policy bag_to_lerobot convert /data/episodes --dataset /data/towel --config r1_lite.yaml
 """
 
 from __future__ import annotations
