@@ -66,7 +66,7 @@ def main() -> None:
     )
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--camera-size", type=int, default=None, help="pixels per camera side (2 cameras in a row)"
     )

@@ -88,6 +88,7 @@ class LeRobotDataset:
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self.robot_type = self.info.get("robot_type")
+        self._last_table: tuple[tuple[Path, tuple[str, ...]], pa.Table] | None = None
         if self.version in ("v2.0", V21):
             self.tasks, self.episodes = self._read_v21_meta()
         elif self.version == V30:
@@ -156,10 +157,15 @@ class LeRobotDataset:
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise DatasetError(f"{where}: missing columns {missing} (file has {schema.names})")
-        try:
-            table = pq.read_table(record.data_file, columns=wanted)
-        except (pa.ArrowException, OSError) as error:
-            raise DatasetError(f"{where}: unreadable parquet: {error}") from error
+        cache_key = (record.data_file, tuple(wanted))
+        if self._last_table is not None and self._last_table[0] == cache_key:
+            table = self._last_table[1]  # v3.0: consecutive episodes share a file; read it once
+        else:
+            try:
+                table = pq.read_table(record.data_file, columns=wanted)
+            except (pa.ArrowException, OSError) as error:
+                raise DatasetError(f"{where}: unreadable parquet: {error}") from error
+            self._last_table = (cache_key, table)
         if self.version == V30:
             table = table.filter(pc.equal(table["episode_index"], index))
         elif len(table) and not pc.all(pc.equal(table["episode_index"], index)).as_py():
