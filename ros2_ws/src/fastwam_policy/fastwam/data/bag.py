@@ -437,6 +437,17 @@ def convert_bags(
             resize_to_layout=resize_to_layout,
         )
         align_s = time.monotonic() - started - read_s
+        # The source line goes in first, under the index the episode will get: lines past the
+        # dataset's committed episode count are ignored on reopening, and a crash right after the
+        # writer commits can no longer leave the bag unlisted (and converted twice on the next run).
+        record = {
+            "episode_index": writer.num_episodes,
+            **aligned.info,
+            "task": task,
+            "task_success": (episode or {}).get("task_success"),
+            "partial": bool((episode or {}).get("partial", False)),
+        }
+        _write_lines(sources_path, [*sources, record])
         index = writer.add_episode(
             {CAMERA_FEATURE.format(key=k): v for k, v in aligned.frames.items()},
             state=aligned.state,
@@ -444,18 +455,12 @@ def convert_bags(
             timestamps=aligned.timestamps,
             task=task,
         )
-        record = {
-            "episode_index": index,
-            **aligned.info,
-            "task": task,
-            "task_success": (episode or {}).get("task_success"),
-            "partial": bool((episode or {}).get("partial", False)),
-            # Conversion cost: bag reading, alignment + JPEG decoding, dataset writing (video encoding).
-            "seconds": {
-                "read": round(read_s, 3),
-                "align_decode": round(align_s, 3),
-                "write": round(time.monotonic() - started - read_s - align_s, 3),
-            },
+        assert index == record["episode_index"], (index, record["episode_index"])
+        # Conversion cost: bag reading, alignment + JPEG decoding, dataset writing (video encoding).
+        record["seconds"] = {
+            "read": round(read_s, 3),
+            "align_decode": round(align_s, 3),
+            "write": round(time.monotonic() - started - read_s - align_s, 3),
         }
         sources.append(record)
         _write_lines(sources_path, sources)
