@@ -454,11 +454,14 @@ class EpisodeRecorder:
 def write_episode_json(path: Path, info: Mapping[str, Any]) -> None:
     target = Path(path) / EPISODE_FILE
     tmp = target.with_name(f".{EPISODE_FILE}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(info, indent=2, sort_keys=True))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(info, indent=2, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)  # the previous episode.json stays whole until this instant
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_episode_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
