@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import rclpy
 import yaml
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -129,7 +129,7 @@ class FakeRobot:
     "bad_step", "empty", "truncated"; joints: "ok", "off", "short", "nan".
     """
 
-    def __init__(self, config: RobotConfig, domain: int, camera_hz: float = 15.0, joint_hz: float = 50.0):
+    def __init__(self, config: RobotConfig, domain: int, camera_hz: float = 15.0, joint_hz: float = 30.0):
         self.config = config
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
@@ -170,9 +170,16 @@ class FakeRobot:
         self._record(Image, "/fastwam_policy/chunk_plot", "plot", qos=QoSProfile(depth=1))
         self.motion_client = self.node.create_client(SetMotionEnabled, "/fastwam_policy/set_motion_enabled")
         self.instruction_client = self.node.create_client(SetInstruction, "/fastwam_policy/set_instruction")
-        self.node.create_timer(1.0 / camera_hz, self._publish_cameras)
-        self.node.create_timer(1.0 / joint_hz, self._publish_joints)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        # Publishing runs on plain threads, not executor timers: on a loaded machine rclpy's executor
+        # falls behind, and the streams must keep their rate for the freshness checks to mean much.
+        self._publishing = True
+        self._publishers = [
+            threading.Thread(target=self._loop, args=(camera_hz, self._publish_cameras), daemon=True),
+            threading.Thread(target=self._loop, args=(joint_hz, self._publish_joints), daemon=True),
+        ]
+        for thread in self._publishers:
+            thread.start()
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.spinner = Spinner(self.executor)
 
@@ -185,6 +192,18 @@ class FakeRobot:
 
         ns = int(t * 1e9)
         return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+    def _loop(self, rate_hz: float, publish) -> None:
+        period = 1.0 / rate_hz
+        next_time = time.monotonic()
+        while self._publishing and self.context.ok():
+            publish()
+            next_time += period
+            delay = next_time - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_time = time.monotonic()  # fell behind: do not burst to catch up
 
     def _publish_cameras(self) -> None:
         now = self.now()
@@ -291,6 +310,9 @@ class FakeRobot:
         return t
 
     def close(self) -> None:
+        self._publishing = False
+        for thread in self._publishers:
+            thread.join(timeout=2.0)
         self.spinner.stop()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
