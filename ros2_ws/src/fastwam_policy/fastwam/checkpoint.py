@@ -36,7 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastwam.camera import CameraLayout
-from fastwam.config import FastWAMConfig, preset
+from fastwam.config import FastWAMConfig
+from fastwam.config import preset as build_preset
 from fastwam.model.fastwam import FastWAM
 from fastwam.model.wan import WanComponents, build_random_components
 from fastwam.normalize import NormalizationStats, Normalizer
@@ -312,7 +313,7 @@ def load_checkpoint(
 
 def create_random_checkpoint(
     path: str | os.PathLike[str],
-    preset_name: str,
+    preset: str,
     camera_layout: CameraLayout,
     robot: RobotSpec,
     stats: NormalizationStats | None = None,
@@ -333,7 +334,7 @@ def create_random_checkpoint(
     """
     overrides = {"action_dim": robot.action_dim, "state_dim": robot.state_dim, "action_init": "random"}
     overrides.update(config_overrides)
-    config = preset(preset_name, **overrides)
+    config = build_preset(preset, **overrides)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

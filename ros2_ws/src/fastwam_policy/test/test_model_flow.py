@@ -137,3 +137,18 @@ def test_imagine_then_execute_variants_sample_with_and_without_cfg(variant):
         assert actions.shape == (B, model.config.action_horizon, model.config.action_dim)
         assert bool(torch.isfinite(actions).all()) and set(timings) == {"prefix", "action"}
     assert (outs[0][0] - outs[1][0]).abs().max().item() > 1e-4
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = FastWAM(preset("tiny"))
+    batch = _batch(model.config)
+    grads = []
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        out = model.training_loss(*batch, generator=torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        grads.append((out["loss"].item(), model.expert.blocks[0].attn1.to_q.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)

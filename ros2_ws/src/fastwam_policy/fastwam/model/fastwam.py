@@ -471,7 +471,7 @@ class FastWAM(nn.Module):
         steps = steps or cfg.num_inference_steps
         scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
         shape = (batch_size, cfg.action_horizon, cfg.action_dim)
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=self.device)
+        x = noise if noise is not None else self._randn(shape, generator)
         x = x.float()
         sig = flow.sigma_grid(steps, cfg.sample_shift, device=self.device)
         for i in range(steps):
@@ -532,10 +532,16 @@ class FastWAM(nn.Module):
         t2 = time.perf_counter()
         return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}
 
+    def _randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        """fp32 noise on the model's device, drawn on the generator's device (a CPU generator
+        gives the same numbers whatever device the model is on)."""
+        dev = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=dev).to(self.device)
+
     def _future_noise(self, first: torch.Tensor, generator) -> torch.Tensor:
         b, c, _, h, w = first.shape
         shape = (b, c, self.config.future_latent_frames, h, w)
-        return torch.randn(shape, generator=generator, device=self.device)
+        return self._randn(shape, generator)
 
     @torch.no_grad()
     def _sample_future_video(self, first, ctx, steps, scale, generator) -> torch.Tensor:
@@ -563,7 +569,7 @@ class FastWAM(nn.Module):
         cfg = self.config
         b = first.shape[0]
         fut = self._future_noise(first, generator)
-        act = torch.randn((b, cfg.action_horizon, cfg.action_dim), generator=generator, device=self.device)
+        act = self._randn((b, cfg.action_horizon, cfg.action_dim), generator)
         nf = fut.shape[2]
         hp, wp = self._grid(first)
         rope = self._video_rope(1 + nf, hp, wp)
