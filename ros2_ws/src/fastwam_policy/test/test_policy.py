@@ -130,3 +130,13 @@ def test_bad_inputs_raise_value_errors_naming_the_problem(policy, mutate, patter
     images, state = mutate(_images(), np.zeros(3))
     with pytest.raises(ValueError, match=pattern):
         policy.predict(images, state, "fold the towel")
+
+
+def test_bfloat16_inference_stays_close_to_float32(paths, policy):
+    half = FastWAMPolicy.from_pretrained(paths / "plain", dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    args = (_images(), np.zeros(3), "fold the towel")
+    a = policy.predict(*args, generator=torch.Generator().manual_seed(0)).actions
+    b = half.predict(*args, generator=torch.Generator().manual_seed(0)).actions
+    assert b.dtype == np.float64 and np.isfinite(b).all()
+    assert np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
