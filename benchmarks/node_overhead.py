@@ -88,6 +88,9 @@ def main() -> None:
             chunks = [m for _, m in robot.messages("chunk", start)]
             commands = robot.messages("command/arm_left", start - 1.0)
             status = robot.last_status()
+            holds = [
+                m.reason for _, m in robot.messages("status", start) if m.state == PolicyStatus.STATE_HOLDING
+            ]
         finally:
             robot.close()
             harness.stop_node(proc)
@@ -104,6 +107,8 @@ def main() -> None:
             model.append(chunk.total_ms)
     print(f"{len(chunks)} chunks in {args.seconds:g} s, {unmatched} without their first command received")
     print(f"node state at the end: {status.state} {status.reason!r}, {status.steps_executed} steps executed")
+    if holds:  # the publisher in this process stalling on a loaded machine reads as stale cameras
+        print(f"{len(holds)} HOLDING status messages, e.g. {sorted(set(holds))[:2]}")
     if not overhead:
         raise SystemExit("no chunk measured")
     print(_summary("model time (predict total)", model))

@@ -173,6 +173,10 @@ class InputTracker:
                     )
         return problems
 
+    def has_invalid_input(self) -> bool:
+        """True while the newest message of some stream was unusable (as opposed to late)."""
+        return bool(self._errors)
+
     def observation(self, now: float) -> Observation | list[str]:
         """The observation to predict from, or the list of problems that prevent one."""
         problems = self.problems(now)

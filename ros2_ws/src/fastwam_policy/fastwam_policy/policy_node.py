@@ -10,7 +10,11 @@ head-camera frame arrives and the plan is down to ``replan_steps_left`` steps: t
 that observation, predicts, and merges the chunk into the plan aligned to the present (steps that
 elapsed since the frame's stamp are skipped) and blended over ``blend_steps``. The first step of a
 new plan is commanded at once and the control timer restarts from there, so neither the chunk
-boundary nor the wait for the next tick adds latency. One lock guards the plan and every command.
+boundary nor the wait for the next tick adds latency. One lock guards the plan and every command. Callback groups make the node safe on a
+multi-threaded executor (as in a single-process runner), but `main` spins a single-threaded one:
+with the model on its own thread nothing needs more, and rclpy's MultiThreadedExecutor costs so
+much Python per message (task objects, a wait-set rebuild per callback) that on a small CPU it
+starves the model of the GIL (measured here: 3-5x slower inference, stale-camera holds).
 
 States (fastwam_msgs/PolicyStatus), highest priority first:
 
@@ -22,6 +26,8 @@ States (fastwam_msgs/PolicyStatus), highest priority first:
     HOLDING    an input is missing, stale, skewed or invalid, or the last chunk was discarded
                (NaN/Inf, too late, inference error). No new chunk, no command: the robot keeps its
                last target. The reason names the stream and the limit. Leaves when inputs recover.
+               Invalid messages hold at once; age and skew must fail on two consecutive control
+               ticks (a tick that runs late would otherwise judge frames whose callbacks wait).
     EXECUTING  motion enabled: one JointState per command topic at the control rate, plus the
                whole plan as a JointTrajectory when a chunk lands.
     DRY_RUN    motion disabled (the default): the same predictions and execution bookkeeping,
@@ -52,7 +58,7 @@ import rclpy
 from builtin_interfaces.msg import Duration, Time
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -148,6 +154,7 @@ class FastWAMPolicyNode(Node):
         self._motion_requested = bool(self.get_parameter("motion_enabled").value)
         self._shutting_down = False
         self._problems: list[str] = []
+        self._problems_pending = False  # a timing problem seen on the last tick, not yet acted on
         self._hold_reason = ""  # last chunk discarded / inference failed
         self._instruction = str(self.get_parameter("instruction").value)
         self._generation = 0
@@ -371,8 +378,7 @@ class FastWAMPolicyNode(Node):
             return
         observation = self._tracker.observation(now)
         if isinstance(observation, list):
-            self._problems = observation
-            return
+            return  # no new chunk; the control tick holds and reports why
         self._busy = True
         self._replan_now = False
         self._request = _Request(observation, self._instruction, self._generation)
@@ -398,8 +404,15 @@ class FastWAMPolicyNode(Node):
         """Command the plan's next step (caller holds the lock)."""
         if not self._ready or self._error or self._estop or self._shutting_down:
             return
-        self._problems = self._tracker.problems(now)
-        if self._problems:
+        problems = self._tracker.problems(now)
+        if problems and not self._tracker.has_invalid_input() and not self._problems_pending:
+            # Age and skew are judged on two consecutive ticks: a tick that runs late (this process
+            # was descheduled) sees frames as old before their pending callbacks have been run.
+            self._problems_pending, problems = True, []
+        elif not problems:
+            self._problems_pending = False
+        self._problems = problems
+        if problems:
             self._plan.hold()  # inputs bad: the robot keeps its last target
             return
         command = self._plan.step()
@@ -699,7 +712,7 @@ def main(args=None) -> int:
         print(f"[{NODE_NAME}] cannot start: {type(error).__name__}: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()

@@ -76,9 +76,10 @@ def test_bad_messages_hold_until_a_good_one_arrives():
     problems = tracker.problems(10.0)
     assert "camera 'head': /cam: unsupported image encoding 'x'" in problems
     assert "joint state 'gripper': /grip: non-finite positions [nan]" in problems
+    assert tracker.has_invalid_input()
     tracker.add_frame("head", 10.0, 10.0, payload=None)
     tracker.add_joints("gripper", 10.0, np.array([0.02]))
-    assert tracker.problems(10.0) == []
+    assert tracker.problems(10.0) == [] and not tracker.has_invalid_input()
 
 
 def test_frame_that_fails_to_decode_is_bad_only_while_newest():
