@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 import cv2
 import numpy as np
-import torch
 
 # The Wan2.2 VAE downsamples 16x and the DiT patchifies latents 2x2: composites must tile by 32.
 COMPOSITE_MULTIPLE = 32
@@ -152,6 +154,8 @@ def composite_to_tensor(composite: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1], the VAE's input range."""
     if composite.dtype != np.uint8 or composite.ndim < 3 or composite.shape[-1] != 3:
         raise ValueError(f"composite must be uint8 [..., H, W, 3], got {composite.dtype} {composite.shape}")
+    import torch  # here, not at module level: ROS nodes that only compose (recorder) skip its start-up
+
     tensor = torch.from_numpy(np.ascontiguousarray(composite)).movedim(-1, -3)
     return tensor.to(torch.float32).div_(127.5).sub_(1.0)
 
