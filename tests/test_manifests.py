@@ -73,9 +73,9 @@ def third_party_imports(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-    return {
-        n for n in names if n not in sys.stdlib_module_names and n not in FIRST_PARTY and n != "__future__"
-    }
+    local = {sibling.stem for sibling in path.parent.glob("*.py")}  # test helpers beside the file
+    ignored = FIRST_PARTY | local | {"__future__"}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ignored}
 
 
 def declared_rosdeps(package: Path) -> set[str]:
