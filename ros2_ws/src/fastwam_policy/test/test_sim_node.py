@@ -12,7 +12,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
 pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scripts/bootstrap.sh)")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, JointState  # noqa: E402
@@ -30,7 +30,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r
 def ros():
     context = rclpy.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = SingleThreadedExecutor(context=context)
     nodes = []
 
     def add(node):
