@@ -119,6 +119,11 @@ def call(recorder: RecorderClient, command: Command) -> tuple[bool, str]:
     return recorder.execute(command, timeout_s=30.0)
 
 
+def assert_ok(result: tuple[bool, str]) -> None:
+    ok, message = result
+    assert ok, f"recorder refused: {message}"
+
+
 def wait_ready(recorder, executor, process) -> None:
     ok = spin_until(
         executor, lambda: recorder.start_client.service_is_ready() or process.poll() is not None, 30
@@ -243,11 +248,11 @@ def test_sigkill_keeps_earlier_episodes_and_recovers_the_partial_one(tmp_path, c
     publishers = start_publishers(seconds=1.5, rounds=2)
     try:
         wait_ready(recorder, executor, process)
-        assert call(recorder, Command("start", instruction="first"))[0]
+        assert_ok(call(recorder, Command("start", instruction="first")))
         first_counts = publish_round(publishers)
         time.sleep(0.3)
-        assert call(recorder, Command("stop", save=True, task_success=False))[0]
-        assert call(recorder, Command("start", instruction="second"))[0]
+        assert_ok(call(recorder, Command("stop", save=True, task_success=False)))
+        assert_ok(call(recorder, Command("start", instruction="second")))
         publish_round(publishers)
         time.sleep(0.6)  # > flush period: the chunks are on disk
         process.send_signal(signal.SIGKILL)
