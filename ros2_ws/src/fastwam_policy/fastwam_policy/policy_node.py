@@ -718,6 +718,10 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
     finally:
         executor.remove_node(node)
         node.destroy_node()

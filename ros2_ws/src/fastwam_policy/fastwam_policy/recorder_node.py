@@ -304,6 +304,10 @@ def main(args=None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
     finally:
         if node is not None:
             node.recorder.shutdown()  # a clean stop (Ctrl-C, SIGTERM) saves the running episode

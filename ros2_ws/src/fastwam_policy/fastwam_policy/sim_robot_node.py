@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, JointState
@@ -331,11 +331,17 @@ def main(args=None) -> None:
     node = None
     try:
         node = SimRobotNode()
-        executor = MultiThreadedExecutor()
+        # One thread, as in the other nodes: rclpy's MultiThreadedExecutor was measured starving
+        # this node's timers (feedback stopped for seconds) on a 2-core machine.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
     finally:
         if node is not None:
             node.destroy_node()
