@@ -63,7 +63,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fastwam.execution import ChunkExecutor, JointLimits
@@ -183,6 +183,8 @@ class FastWAMPolicyNode(Node):
         self._trajectory_pub = self.create_publisher(JointTrajectory, topics.joint_trajectory, OUTPUT_QOS)
         self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", OUTPUT_QOS)
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", OUTPUT_QOS)
+        # The same status as one line of text: RViz and Foxglove show strings, not PolicyStatus.
+        self._status_text_pub = self.create_publisher(String, "~/status_text", OUTPUT_QOS)
         self._composite_pub = self.create_publisher(Image, "~/composite_image", IMAGE_QOS)
         self._plot_pub = self.create_publisher(Image, "~/chunk_plot", IMAGE_QOS)
 
@@ -653,6 +655,7 @@ class FastWAMPolicyNode(Node):
             msg.chunks_predicted = self._chunks_predicted
             msg.steps_executed = self._steps_executed
             self._status_pub.publish(msg)
+            self._status_text_pub.publish(String(data=status_line(msg)))
             changed, self._logged_state = (state, reason) != self._logged_state, (state, reason)
         if changed:
             text = f"state {_STATE_NAMES[state]}{': ' + reason if reason else ''}"
@@ -692,6 +695,19 @@ class FastWAMPolicyNode(Node):
         self._worker.join(timeout=10.0)
         self._decoder.shutdown(wait=False)
         return super().destroy_node()
+
+
+def status_line(msg: PolicyStatus) -> str:
+    """One human-readable line of a PolicyStatus, e.g. for an RViz text overlay."""
+    parts = [_STATE_NAMES[msg.state] + (f" ({msg.reason})" if msg.reason else "")]
+    parts.append("motion enabled" if msg.motion_enabled else "dry-run")
+    if msg.latency_median_ms:
+        parts.append(f"latency {msg.latency_median_ms:.0f}/{msg.latency_p95_ms:.0f} ms (median/p95)")
+    parts.append(f"chunks {msg.chunks_predicted}")
+    ages = ", ".join(f"{n} {a:.2f}s" for n, a in zip(msg.camera_names, msg.camera_ages_s))
+    if ages:
+        parts.append(f"camera ages {ages}")
+    return " | ".join(parts)
 
 
 _STATE_NAMES = {

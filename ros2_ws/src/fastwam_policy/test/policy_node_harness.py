@@ -25,7 +25,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
 from fastwam.camera import CameraLayout, CameraView
@@ -166,6 +166,7 @@ class FakeRobot:
         self._record(JointTrajectory, "/fastwam_policy/joint_trajectory", "trajectory")
         self._record(ActionChunk, "/fastwam_policy/action_chunk", "chunk")
         self._record(PolicyStatus, "/fastwam_policy/status", "status")
+        self._record(String, "/fastwam_policy/status_text", "status_text")
         self._record(Image, "/fastwam_policy/composite_image", "composite", qos=QoSProfile(depth=1))
         self._record(Image, "/fastwam_policy/chunk_plot", "plot", qos=QoSProfile(depth=1))
         self.motion_client = self.node.create_client(SetMotionEnabled, "/fastwam_policy/set_motion_enabled")

@@ -80,6 +80,8 @@ def test_dry_run_publishes_monitoring_and_no_commands(setup):
     assert all(5.0 <= r <= 17.0 for r in statuses[-1].camera_rates_hz), statuses[-1].camera_rates_hz
     assert all(0.0 <= a < 1.0 for a in statuses[-1].camera_ages_s), statuses[-1].camera_ages_s
     assert statuses[-1].chunks_predicted >= 2 and statuses[-1].instruction == "fold the towel"
+    texts = [m.data for _, m in robot.messages("status_text", start)]
+    assert texts and texts[-1].startswith("DRY_RUN | dry-run") and "chunks" in texts[-1], texts[-3:]
 
     _, chunk = robot.messages("chunk")[-1]
     assert list(chunk.trajectory.joint_names) == list(config.robot.action_joint_names)
