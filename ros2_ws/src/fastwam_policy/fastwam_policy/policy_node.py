@@ -58,7 +58,6 @@ import rclpy
 from builtin_interfaces.msg import Duration, Time
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -73,6 +72,7 @@ from fastwam_msgs.msg import ActionChunk, PolicyStatus
 from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
 from fastwam_policy import image_codec
 from fastwam_policy.chunk_plot import render_chunk_plot
+from fastwam_policy.spin import spin_until_shutdown
 
 NODE_NAME = "fastwam_policy"
 INPUT_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -728,18 +728,9 @@ def main(args=None) -> int:
         print(f"[{NODE_NAME}] cannot start: {type(error).__name__}: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
+        spin_until_shutdown(node)
     finally:
-        executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

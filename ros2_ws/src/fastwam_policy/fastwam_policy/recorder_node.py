@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
@@ -50,6 +49,7 @@ from fastwam.data.episode_bag import (
 from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam_msgs.msg import RecorderStatus
 from fastwam_msgs.srv import StartEpisode, StopEpisode
+from fastwam_policy.spin import spin_until_shutdown
 
 # Iron and later pass rmw message info (reception time, publisher sequence number) to two-argument
 # callbacks; Humble (the R1 Lite's distribution) does not, and then drops are not detectable by gaps.
@@ -299,21 +299,14 @@ def main(args=None) -> None:
     node = None
     try:
         node = RecorderNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up
     finally:
         if node is not None:
             node.recorder.shutdown()  # a clean stop (Ctrl-C, SIGTERM) saves the running episode
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

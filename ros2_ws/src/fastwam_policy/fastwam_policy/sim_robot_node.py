@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, JointState
@@ -38,6 +37,7 @@ from std_msgs.msg import Bool, Float32, String
 from fastwam.robot_config import load_robot_config
 from fastwam.sim import ScriptedFolder, TowelFoldEnv
 from fastwam_msgs.srv import StartEpisode, StopEpisode
+from fastwam_policy.spin import spin_until_shutdown
 
 # Commands are accepted from RELIABLE and BEST_EFFORT publishers alike.
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -331,22 +331,13 @@ def main(args=None) -> None:
     node = None
     try:
         node = SimRobotNode()
-        # One thread, as in the other nodes: rclpy's MultiThreadedExecutor was measured starving
-        # this node's timers (feedback stopped for seconds) on a 2-core machine.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        # A callback that raced the shutdown signal (e.g. publishing on the closed context).
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up
     finally:
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":
