@@ -126,16 +126,40 @@ class RobotConfig:
 
 
 def load_robot_config(path: str | os.PathLike[str]) -> RobotConfig:
+    """Load a robot config YAML. `extends: other.yaml` (relative to this file) starts from another
+    config: mappings merge key by key, anything else (lists, scalars) replaces the base value."""
     path = Path(path)
+    return RobotConfig.from_dict(_load_yaml(path, ()), source=str(path))
+
+
+def _load_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"robot config not found: {path}")
+        via = f" (extended by {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"robot config not found: {path}{via}")
+    if path.resolve() in chain:
+        raise ValueError(f"robot config {path}: `extends` cycle through {[str(p) for p in chain]}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"robot config {path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"robot config {path} must be a mapping at the top level")
-    return RobotConfig.from_dict(data, source=str(path))
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"robot config {path}: `extends` must be a file name, got {base!r}")
+    return _merge(_load_yaml(path.parent / base, (*chain, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _strict(where: str, section: str, data: Any, allowed: set[str], optional: set[str]) -> None:

@@ -43,3 +43,28 @@ def test_strict_parsing_names_the_problem(tmp_path):
     bad.write_text("robot: [unclosed")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_robot_config(bad)
+
+
+def test_extends_merges_mappings_and_replaces_the_rest(tmp_path):
+    sim = load_robot_config(R1_LITE.parent / "r1_lite_sim.yaml")
+    base = load_robot_config(R1_LITE)
+    assert (sim.cameras.height, sim.cameras.width) == (192, 160)
+    assert sim.cameras.keys == base.cameras.keys
+    assert sim.robot == base.robot and sim.topics == base.topics and sim.control == base.control
+
+    (tmp_path / "base.yaml").write_text(R1_LITE.read_text())
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ncontrol: {rate_hz: 30.0}\n")
+    child = load_robot_config(tmp_path / "child.yaml")
+    assert child.control.rate_hz == 30.0  # merged key by key: the other control keys stay
+    assert child.control.replan_steps_left == base.control.replan_steps_left
+
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml \(extended by .*orphan.yaml\)"):
+        load_robot_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_robot_config(tmp_path / "a.yaml")
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\ncontrol: {rate: 30.0}\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['rate'\]"):
+        load_robot_config(tmp_path / "typo.yaml")
