@@ -137,15 +137,21 @@ class LatentCache:
         bar = tqdm(total=total, desc="VAE latents", unit="window", disable=not progress or total == 0)
         for ep in todo:
             starts = by_episode[ep]
+            length = windows.episodes[ep].length
             latents = []
-            for i in range(0, len(starts), batch_size):
-                clips = []
-                for t in starts[i : i + batch_size]:
-                    frames = windows.window_indices(windows.episodes[ep].length, t)[2]
-                    clips.append(composite_to_tensor(windows.composite(ep, frames)))  # [V, 3, H, W]
-                video = torch.stack(clips).permute(0, 2, 1, 3, 4)  # [B, 3, V, H, W]
-                latents.append(components.encode_video(video).float().cpu())
-                bar.update(len(clips))
+            # Windows overlap: decode and compose each frame once per block of windows, not once per
+            # window (blocks bound the memory of long episodes).
+            block = batch_size * 8
+            for b in range(0, len(starts), block):
+                frames = np.stack([windows.window_indices(length, t)[2] for t in starts[b : b + block]])
+                used, inverse = np.unique(frames, return_inverse=True)
+                composites = windows.composite(ep, used)  # uint8 [U, H, W, 3]
+                inverse = inverse.reshape(frames.shape)  # [N, V] rows of `composites`
+                for i in range(0, len(frames), batch_size):
+                    clips = composite_to_tensor(composites[inverse[i : i + batch_size]])  # [B, V, 3, H, W]
+                    video = clips.permute(0, 2, 1, 3, 4)  # [B, 3, V, H, W]
+                    latents.append(components.encode_video(video).float().cpu())
+                    bar.update(len(clips))
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = self.path(ep).with_name(self.path(ep).name + ".tmp")
             tensors = {
