@@ -1,7 +1,8 @@
 """Simulated Galaxea R1 Lite: the robot's topics, types and QoS around fastwam.sim.TowelFoldEnv.
 
 Publishes what the robot publishes (names from the robot config): three JPEG
-sensor_msgs/CompressedImage camera streams (480x640, BEST_EFFORT) and sensor_msgs/JointState
+sensor_msgs/CompressedImage camera streams (480x640 unless image_height / image_width say
+otherwise, BEST_EFFORT) and sensor_msgs/JointState
 feedback per joint group (names filled, BEST_EFFORT). Follows the /motion_target command topics
 (JointState: arm position targets with per-joint velocity caps in `velocity`, gripper position[0]).
 The simulation runs in real time on the node's clock.
@@ -28,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -35,7 +37,7 @@ from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import Bool, Float32, String
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim import ScriptedFolder, TowelFoldEnv
+from fastwam.sim import ScriptedFolder, SimParams, TowelFoldEnv
 from fastwam_msgs.srv import StartEpisode, StopEpisode
 from fastwam_policy.spin import spin_until_shutdown
 
@@ -83,14 +85,31 @@ class SimRobotNode(Node):
         self.episode_timeout_s = float(p("episode_timeout_s", 0.0).value)  # policy-driven; 0: none
         self.recorder_name = str(p("recorder", "").value)
         self.instruction = str(p("instruction", "fold the towel").value)
+        # Rendered size of every camera (the real R1 Lite streams 480x640). Smaller renders cut
+        # rendering, JPEG and decoding costs where the policy's layout is small anyway.
+        image_height = int(
+            p("image_height", 480, ParameterDescriptor(description="camera image height (px)")).value
+        )
+        image_width = int(
+            p("image_width", 640, ParameterDescriptor(description="camera image width (px)")).value
+        )
         if not config_path:
             raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
-        for name, value in (("camera_rate_hz", camera_rate_hz), ("joint_rate_hz", joint_rate_hz)):
+        for name, value in (
+            ("camera_rate_hz", camera_rate_hz),
+            ("joint_rate_hz", joint_rate_hz),
+            ("image_height", image_height),
+            ("image_width", image_width),
+        ):
             if value <= 0:
                 raise ValueError(f"parameter {name} must be positive, got {value}")
         self.config = load_robot_config(config_path)
         self.spec = self.config.robot
-        self.env = TowelFoldEnv(self.spec, self.config.cameras.keys)
+        self.env = TowelFoldEnv(
+            self.spec,
+            self.config.cameras.keys,
+            SimParams(image_height=image_height, image_width=image_width),
+        )
         self.lock = threading.Lock()  # the environment; callbacks run on several executor threads
         topics = self.config.topics
 
@@ -144,7 +163,8 @@ class SimRobotNode(Node):
         self.create_timer(0.5, self._publish_score)
         mode = "scripted teleop" if self.scripted else "following /motion_target"
         self.get_logger().info(
-            f"simulated {self.spec.name}: {mode}, seed {self.seed}, cameras {camera_rate_hz:g} Hz, "
+            f"simulated {self.spec.name}: {mode}, seed {self.seed}, cameras {image_height}x{image_width} "
+            f"at {camera_rate_hz:g} Hz, "
             f"joints {joint_rate_hz:g} Hz, config {config_path}"
         )
 
