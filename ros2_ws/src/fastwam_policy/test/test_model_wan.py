@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from fastwam.config import PROMPT_TEMPLATE, preset
 from fastwam.model import FastWAM, WanComponents, build_random_components, latent_frame_mask
-from fastwam.model.wan import build_video_transformer
+from fastwam.model.wan import OneDNNConv3d, build_video_transformer
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,20 @@ def test_encode_video_is_normalised_with_the_wan_latent_statistics(wan_dir):
     assert torch.allclose(lat, (raw - mean) / std, atol=1e-6)
     with pytest.raises(ValueError, match="B, 3, T, H, W"):
         comp.encode_video(torch.zeros(3, 5, 64, 32))
+
+
+@torch.no_grad()
+def test_one_frame_encode_runs_the_vae_convolutions_on_onednn_with_the_same_result(wan_dir):
+    """Batch 1, one frame: PyTorch would pick slow_conv3d; the encode routes to oneDNN instead."""
+    cfg = preset("tiny")
+    comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
+    video = torch.rand(1, 3, 1, 64, 32) * 2 - 1
+    stock = comp.vae.encode(video).latent_dist.mode()
+    with torch.profiler.profile() as prof, OneDNNConv3d():
+        ours = comp.vae.encode(video).latent_dist.mode()
+    names = {e.name for e in prof.events()}
+    assert "aten::mkldnn_convolution" in names and "aten::slow_conv3d_forward" not in names
+    assert (ours - stock).abs().max().item() <= 1e-5
 
 
 def test_encode_text_applies_the_template_pads_and_masks(wan_dir):
