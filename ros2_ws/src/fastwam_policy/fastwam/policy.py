@@ -17,6 +17,7 @@ import torch
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.checkpoint import LoadedCheckpoint, load_checkpoint
 from fastwam.config import FastWAMConfig
+from fastwam.model.action_loop import check_compile_mode
 from fastwam.model.fastwam import Context
 from fastwam.robot import RobotSpec
 
@@ -35,11 +36,17 @@ class FastWAMPolicy:
 
     max_cached_instructions = 16
 
-    def __init__(self, checkpoint: LoadedCheckpoint, device: str | torch.device = "cpu"):
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, device: str | torch.device = "cpu", compile: str = "none"
+    ):
+        """``compile``: how the cached prefix + action loop run (``fastwam.model.action_loop``):
+        ``"none"`` (static loop, eager), ``"cudagraph"`` (CUDA graphs on CUDA, eager replay on CPU)
+        or ``"torch_compile"`` (reduce-overhead on CUDA, inductor on CPU; eager fallback)."""
         if checkpoint.components is None:
             raise ValueError("FastWAMPolicy needs the checkpoint's VAE / text encoder (load_components=True)")
         self.checkpoint = checkpoint
         self.model = checkpoint.model
+        self.model.compile_mode = check_compile_mode(compile)
         self.components = checkpoint.components
         self.device = torch.device(device)
         self.camera_layout: CameraLayout = checkpoint.camera_layout
@@ -59,8 +66,9 @@ class FastWAMPolicy:
         path: str | os.PathLike[str],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        compile: str = "none",
     ) -> FastWAMPolicy:
-        return cls(load_checkpoint(path, device=device, dtype=dtype), device=device)
+        return cls(load_checkpoint(path, device=device, dtype=dtype), device=device, compile=compile)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _sync(self) -> None:

@@ -140,3 +140,18 @@ def test_bfloat16_inference_stays_close_to_float32(paths, policy):
     b = half.predict(*args, generator=torch.Generator().manual_seed(0)).actions
     assert b.dtype == np.float64 and np.isfinite(b).all()
     assert np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
+
+
+def test_graph_capture_option_gives_the_eager_actions(paths, policy):
+    """compile="cudagraph" (eager replay of the static buffers on CPU) == compile="none", call after
+    call with new images, states and instructions."""
+    captured = FastWAMPolicy.from_pretrained(paths / "plain", compile="cudagraph")
+    assert captured.model.compile_mode == "cudagraph"
+    for seed, instruction in ((0, "fold the towel"), (1, "fold the towel"), (2, "open the drawer")):
+        args = (_images(seed), np.full(3, 0.1 * seed), instruction)
+        a = policy.predict(*args, generator=torch.Generator().manual_seed(seed)).actions
+        b = captured.predict(*args, generator=torch.Generator().manual_seed(seed)).actions
+        diff = np.abs(a - b).max()
+        assert diff <= 1e-4, f"call {seed}: cudagraph vs none max abs diff {diff:.3e} (physical units)"
+    with pytest.raises(ValueError, match="compile mode"):
+        FastWAMPolicy.from_pretrained(paths / "plain", compile="jit")

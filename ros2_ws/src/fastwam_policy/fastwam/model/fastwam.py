@@ -30,6 +30,7 @@ one batch of 2B; ``v = v_u + s (v_c - v_u)``; s = 1.0 skips the unconditional pa
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,9 @@ from torch.utils.checkpoint import checkpoint
 from fastwam.config import FastWAMConfig
 from fastwam.model import flow
 from fastwam.model.action_expert import ActionExpert, init_expert_from_video
+from fastwam.model.action_loop import ActionLoop, check_compile_mode
 from fastwam.model.masks import build_mask
-from fastwam.model.mot import Stream, cross_kv, post_attention, pre_attention, shared_layer
+from fastwam.model.mot import Stream, cross_kv, post_attention, pre_attention, prefix_kv, shared_layer
 from fastwam.model.wan import build_video_transformer, load_video_transformer
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -107,6 +109,10 @@ class FastWAM(nn.Module):
             init_expert_from_video(self.expert, self.video)
         self.state_proj = nn.Linear(config.state_dim, config.video.text_dim) if config.state_dim > 0 else None
         self.gradient_checkpointing = False
+        # Inference: "none" | "cudagraph" | "torch_compile" (see fastwam.model.action_loop); the
+        # static action loops are plain attributes (not modules: nothing enters the state dict).
+        self.compile_mode = "none"
+        self._action_loops: OrderedDict[tuple, ActionLoop] = OrderedDict()
 
     @classmethod
     def from_wan_pretrained(
@@ -404,29 +410,49 @@ class FastWAM(nn.Module):
         prefix_latents: torch.Tensor,
         ctx: Context,
         prefix_mask: torch.Tensor | None = None,
+        out: ActionCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ActionCache:
         """Run the video branch once over clean prefix latents [B, C, F, h, w] (t = 0) and keep each
-        layer's K/V in buffers with room for the H action tokens. The last layer's attention output
-        and FFN are skipped: only its K/V are ever read."""
+        layer's K/V in buffers with room for the H action tokens.
+
+        Only what the cache needs is computed: every prefix token has t = 0, so the timestep
+        embedding and the modulation are computed once per sample (not per token); the last
+        layer contributes only its K/V (no query, attention output, cross-attention or FFN), and
+        the output head never runs. ``out``: write into these preallocated buffers (static
+        addresses for graph capture) instead of allocating; ``rope``: precomputed prefix RoPE."""
         b, _, f, h, w = prefix_latents.shape
         hp, wp = self._grid(prefix_latents)
-        x, _, proj, _ = self._video_embed(prefix_latents, torch.zeros(b, f, device=prefix_latents.device))
-        rope = self._video_rope(f, hp, wp)
+        vm = self.video
+        x = vm.patch_embedding(prefix_latents.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
+        zeros = torch.zeros(b, device=prefix_latents.device)
+        _, proj = self._time_embed(vm.condition_embedder, zeros, x)
+        proj = proj.unflatten(1, (6, -1))  # [B, 6, D]: the same for every token
+        rope = rope if rope is not None else self._video_rope(f, hp, wp)
         n_prefix = x.shape[1]
-        heads = self.video.config.num_attention_heads
-        hd = self.video.config.attention_head_dim
-        n_layers = len(self.video.blocks)
-        kbuf = [x.new_empty(b, heads, n_prefix + self.config.action_horizon, hd) for _ in range(n_layers)]
-        vbuf = [x.new_empty(b, heads, n_prefix + self.config.action_horizon, hd) for _ in range(n_layers)]
-        for layer, vb in enumerate(self.video.blocks):
+        n_layers = len(vm.blocks)
+        if out is None:
+            heads = vm.config.num_attention_heads
+            hd = vm.config.attention_head_dim
+            n_all = n_prefix + self.config.action_horizon
+            out = ActionCache(
+                k=[x.new_empty(b, heads, n_all, hd) for _ in range(n_layers)],
+                v=[x.new_empty(b, heads, n_all, hd) for _ in range(n_layers)],
+                n_prefix=n_prefix,
+                expert_kv=ctx.expert_kv,
+                rope=self._action_rope(x.device),
+            )
+        elif out.n_prefix != n_prefix:
+            raise ValueError(f"cache buffers hold {out.n_prefix} prefix tokens, the prefix has {n_prefix}")
+        for layer, vb in enumerate(vm.blocks):
             s = Stream(x, proj, rope, **ctx.video_stream_kwargs(layer))
             if layer == n_layers - 1:
-                _, k, v, _ = pre_attention(vb, s)
+                k, v = prefix_kv(vb, s)
             else:
                 (x,), ((k, v),) = shared_layer([vb], [s], prefix_mask)
-            kbuf[layer][:, :, :n_prefix].copy_(k)
-            vbuf[layer][:, :, :n_prefix].copy_(v)
-        return ActionCache(kbuf, vbuf, n_prefix, ctx.expert_kv, self._action_rope(x.device))
+            out.k[layer][:, :, :n_prefix].copy_(k)
+            out.v[layer][:, :, :n_prefix].copy_(v)
+        return out
 
     @torch.no_grad()
     def action_velocity(self, cache: ActionCache, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -480,6 +506,33 @@ class FastWAM(nn.Module):
             x = x + (sig[i + 1] - sig[i]) * v
         return x
 
+    max_action_loops = 4
+
+    def action_loop(
+        self,
+        prefix: torch.Tensor,
+        ctx: Context,
+        steps: int,
+        cfg_scale: float,
+        batch: int,
+        compile: str | None = None,
+    ) -> ActionLoop:
+        """The static loop for these shapes (built once, reused while the shapes stay the same)."""
+        mode = check_compile_mode(compile or self.compile_mode)
+        ctx_len = ctx.expert_kv[0][0].shape[2]
+        key = (tuple(prefix.shape), ctx_len, steps, float(cfg_scale), batch, mode, self.device, self.dtype)
+        loop = self._action_loops.get(key)
+        if loop is None:
+            hp, wp = self._grid(prefix)
+            n_prefix = prefix.shape[2] // self.video.config.patch_size[0] * hp * wp
+            loop = ActionLoop(self, batch, n_prefix, ctx_len, steps, cfg_scale, compile=mode)
+            self._action_loops[key] = loop
+            while len(self._action_loops) > self.max_action_loops:
+                self._action_loops.popitem(last=False)
+        else:
+            self._action_loops.move_to_end(key)
+        return loop
+
     # -- inference: the variants --------------------------------------------------------------------
     @torch.no_grad()
     def infer(
@@ -491,10 +544,14 @@ class FastWAM(nn.Module):
         cfg_scale: float | None = None,
         generator: torch.Generator | None = None,
         sync: Callable[[], None] | None = None,
+        compile: str | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Actions [B, H, A] (normalised, fp32) from the first-frame latents [B, C, 1, h, w] and the
         context (``with_state(encode_instruction(...), state)``). Returns (actions, timings_ms) with
-        keys "prefix" and "action" (``sync`` is called before each clock read, e.g. cuda.synchronize)."""
+        keys "prefix" and "action" (``sync`` is called before each clock read, e.g. cuda.synchronize).
+
+        The cached variants run the static ``ActionLoop`` (same numbers as ``build_action_cache`` +
+        ``sample_actions``, tested to 1e-5); ``compile`` overrides ``self.compile_mode``."""
         cfg = self.config
         steps = steps or cfg.num_inference_steps
         scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
@@ -508,10 +565,7 @@ class FastWAM(nn.Module):
         t0 = time.perf_counter()
         if cfg.variant in ("fast_wam", "no_cotrain"):
             prefix = first_latents if scale == 1.0 else torch.cat([first_latents, first_latents])
-            cache = self.build_action_cache(prefix, ctx)
-            sync()
-            t1 = time.perf_counter()
-            actions = self.sample_actions(cache, b, steps, scale, generator)
+            mask = None
         elif cfg.variant == "joint":
             t1 = t0
             actions = self._sample_joint(first_latents, ctx, steps, scale, generator)
@@ -524,10 +578,13 @@ class FastWAM(nn.Module):
             )
             if scale != 1.0:
                 prefix = torch.cat([prefix, prefix])
-            cache = self.build_action_cache(prefix, ctx, mask)
+        if cfg.variant != "joint":
+            loop = self.action_loop(prefix, ctx, steps, scale, b, compile=compile)
+            loop.prefill(prefix, ctx, mask)
             sync()
             t1 = time.perf_counter()
-            actions = self.sample_actions(cache, b, steps, scale, generator)
+            shape = (b, cfg.action_horizon, cfg.action_dim)
+            actions = loop.sample(self._randn(shape, generator))
         sync()
         t2 = time.perf_counter()
         return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}

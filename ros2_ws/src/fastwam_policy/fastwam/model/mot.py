@@ -86,6 +86,18 @@ class Stream:
     context: torch.Tensor | None = None  # projected context [B, L, D] when context_kv is None
 
 
+def prefix_kv(block, s: Stream) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the self-attention K/V of a branch (what a cache needs from a prefix's last layer)."""
+    shift, scale = modulation(block.scale_shift_table, s.temb_proj)[:2]
+    n = (block.norm1(s.x.float()) * (1 + scale) + shift).type_as(s.x)
+    attn = block.attn1
+    k = attn.norm_k(attn.to_k(n)).unflatten(2, (attn.heads, -1))
+    v = attn.to_v(n).unflatten(2, (attn.heads, -1))
+    if s.rope is not None:
+        k = apply_rope(k, *s.rope)
+    return k.transpose(1, 2), v.transpose(1, 2)
+
+
 def pre_attention(block, s: Stream):
     """Modulated norm1 + q/k/v of one branch. Returns (q, k, v, mods)."""
     mods = modulation(block.scale_shift_table, s.temb_proj)

@@ -1,0 +1,141 @@
+"""The static (graph-capture ready) action loop equals the eager reference path, call after call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastwam.config import preset
+from fastwam.model import FastWAM
+from fastwam.model.action_loop import ActionLoop, check_compile_mode
+from fastwam.model.fastwam import Context
+from fastwam.model.masks import build_mask
+
+B, HP, WP = 2, 2, 2  # tiny: 4x4 latents -> 2x2 tokens per frame
+TOL = 1e-5  # fp32
+
+
+def _model(variant="fast_wam", seed=0) -> FastWAM:
+    torch.manual_seed(seed)
+    return FastWAM(preset("tiny", variant=variant)).eval()
+
+
+def _observation(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    first = torch.randn(B, cfg.video.in_channels, 1, 2 * HP, 2 * WP, generator=g)
+    state = torch.randn(B, cfg.state_dim, generator=g)
+    return first, state
+
+
+def _instruction(model, seed) -> tuple[Context, Context]:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    text = torch.randn(1, cfg.text_max_length, cfg.video.text_dim, generator=g)
+    mask = torch.arange(cfg.text_max_length)[None] < 5 + seed % 7
+    return model.encode_instruction(text, mask), model.encode_instruction(torch.zeros_like(text), mask)
+
+
+def _reference(model, first, cond, uncond, scale, seed) -> torch.Tensor:
+    """Eager path: a fresh cache from build_action_cache + the module-by-module sample_actions."""
+    ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
+    prefix = first if scale == 1.0 else torch.cat([first, first])
+    cache = model.build_action_cache(prefix, ctx)
+    return model.sample_actions(cache, B, cfg_scale=scale, generator=torch.Generator().manual_seed(seed))
+
+
+def _check(model, mode, first, state, text, scale, seed, what):
+    cond = model.with_state(text[0], state)
+    uncond = model.with_state(text[1], state)
+    got, _ = model.infer(
+        first, cond, uncond, cfg_scale=scale, generator=torch.Generator().manual_seed(seed), compile=mode
+    )
+    ref = _reference(model, first, cond, uncond, scale, seed)
+    diff = (got - ref).abs().max().item()
+    assert diff <= TOL, f"{what}: optimized ({mode}) vs eager max abs diff {diff:.3e} > {TOL}"
+    return got
+
+
+@pytest.mark.parametrize("mode", ["none", "cudagraph"])
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+@torch.no_grad()
+def test_static_loop_equals_eager_path_across_calls_observations_and_instructions(mode, scale):
+    model = _model()
+    towel, cup = _instruction(model, 1), _instruction(model, 2)
+    outs = []
+    # New observation every call, then a different instruction, then back: buffers refreshed each time.
+    for i, (text, obs_seed) in enumerate([(towel, 10), (towel, 11), (cup, 11), (towel, 10)]):
+        first, state = _observation(model, obs_seed)
+        outs.append(_check(model, mode, first, state, text, scale, seed=3, what=f"call {i}"))
+    assert len(model._action_loops) == 1  # one static loop served every call
+    assert (outs[0] - outs[1]).abs().max() > 1e-3  # the observation matters
+    assert (outs[1] - outs[2]).abs().max() > 1e-3  # the instruction matters
+    assert torch.equal(outs[0], outs[3])  # nothing stale: same inputs, same actions
+
+
+@torch.no_grad()
+def test_capture_modes_give_the_same_actions_as_the_static_eager_loop():
+    model = _model()
+    first, state = _observation(model, 4)
+    cond = model.with_state(_instruction(model, 1)[0], state)
+    runs = {}
+    for mode in ("none", "cudagraph"):
+        runs[mode], _ = model.infer(first, cond, generator=torch.Generator().manual_seed(0), compile=mode)
+    diff = (runs["none"] - runs["cudagraph"]).abs().max().item()
+    assert diff <= TOL, f"cudagraph vs none max abs diff {diff:.3e}"
+
+
+@torch.no_grad()
+def test_loop_follows_weight_updates():
+    """The per-step modulation is precomputed: an in-place weight change must be picked up."""
+    model = _model()
+    first, state = _observation(model, 5)
+    text = _instruction(model, 1)
+    before = _check(model, "none", first, state, text, 1.0, seed=1, what="before")
+    model.expert.blocks[0].scale_shift_table.add_(0.3)
+    model.expert.condition_embedder.time_proj.weight.mul_(1.5)
+    model.video.blocks[0].ffn.net[2].weight.mul_(0.5)
+    after = _check(model, "none", first, state, text, 1.0, seed=1, what="after")
+    assert (before - after).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_loop_cache_holds_the_reference_prefix_kv():
+    model = _model()
+    first, state = _observation(model, 6)
+    ctx = model.with_state(_instruction(model, 1)[0], state)
+    ref = model.build_action_cache(first, ctx)
+    loop = model.action_loop(first, ctx, steps=3, cfg_scale=1.0, batch=B, compile="cudagraph")
+    loop.prefill(first, ctx)
+    n0 = ref.n_prefix
+    for layer in range(len(ref.k)):
+        assert torch.allclose(loop.cache.k[layer][:, :, :n0], ref.k[layer][:, :, :n0], atol=1e-6)
+        assert torch.allclose(loop.cache.v[layer][:, :, :n0], ref.v[layer][:, :, :n0], atol=1e-6)
+        assert torch.equal(loop.cache.expert_kv[layer][0], ctx.expert_kv[layer][0])
+    other, _ = _observation(model, 7)
+    with pytest.raises(ValueError, match="prefix"):
+        loop.prefill(torch.cat([other, other], dim=2), ctx)
+
+
+@torch.no_grad()
+def test_idm_actions_through_the_loop_equal_the_eager_path():
+    model = _model("idm")
+    cfg = model.config
+    first, state = _observation(model, 8)
+    ctx = model.with_state(_instruction(model, 1)[0], state)
+    got, _ = model.infer(first, ctx, generator=torch.Generator().manual_seed(2), compile="cudagraph")
+    gen = torch.Generator().manual_seed(2)
+    steps = cfg.num_inference_steps
+    future = model._sample_future_video(first, ctx, steps, 1.0, gen)
+    prefix = torch.cat([first, future], dim=2)
+    mask = build_mask("idm", {"first": HP * WP, "cond": HP * WP * future.shape[2]})
+    ref = model.sample_actions(model.build_action_cache(prefix, ctx, mask), B, generator=gen)
+    diff = (got - ref).abs().max().item()
+    assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
+
+
+def test_unknown_compile_mode_is_refused():
+    with pytest.raises(ValueError, match="compile mode"):
+        check_compile_mode("graphs")
+    with pytest.raises(ValueError, match="compile mode"):
+        ActionLoop(_model(), 1, 4, 5, 3, 1.0, compile="fast")
