@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from fastwam.config import PROMPT_TEMPLATE, preset
 from fastwam.model import FastWAM, WanComponents, build_random_components, latent_frame_mask
-from fastwam.model.wan import OneDNNConv3d, build_video_transformer
+from fastwam.model.wan import CPUEncodeKernels, build_video_transformer
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +72,18 @@ def test_encode_video_is_normalised_with_the_wan_latent_statistics(wan_dir):
 
 
 @torch.no_grad()
-def test_one_frame_encode_runs_the_vae_convolutions_on_onednn_with_the_same_result(wan_dir):
-    """Batch 1, one frame: PyTorch would pick slow_conv3d; the encode routes to oneDNN instead."""
+def test_one_frame_encode_uses_the_fast_cpu_kernels_with_the_same_result(wan_dir):
+    """Batch 1, one frame: PyTorch would pick slow_conv3d (routed to oneDNN instead) and a strided
+    vector_norm for the VAE's channel RMS norm (replaced by a sum)."""
     cfg = preset("tiny")
     comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
     video = torch.rand(1, 3, 1, 64, 32) * 2 - 1
     stock = comp.vae.encode(video).latent_dist.mode()
-    with torch.profiler.profile() as prof, OneDNNConv3d():
+    with torch.profiler.profile() as prof, CPUEncodeKernels():
         ours = comp.vae.encode(video).latent_dist.mode()
     names = {e.name for e in prof.events()}
     assert "aten::mkldnn_convolution" in names and "aten::slow_conv3d_forward" not in names
+    assert "aten::linalg_vector_norm" not in names
     assert (ours - stock).abs().max().item() <= 1e-5
 
 
