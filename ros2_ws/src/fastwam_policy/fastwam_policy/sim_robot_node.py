@@ -152,6 +152,7 @@ class SimRobotNode(Node):
         self._episode_index = -1
         self.recording_episode = ""
         self._pending = None  # an in-flight recorder service call
+        self._ending = False  # an episode ended; waiting for the recorder before the next starts
         self._start_episode(self.seed)
 
         self._last_step = time.monotonic()
@@ -189,6 +190,8 @@ class SimRobotNode(Node):
             )
 
     def end_episode(self) -> None:
+        if self._ending or self.finished:  # already ended (waiting for the recorder, or all done)
+            return
         elapsed = self.env.time - self._episode_start
         result = EpisodeResult(
             index=self._episode_index,
@@ -203,10 +206,18 @@ class SimRobotNode(Node):
             f"episode {result.index} (seed {result.seed}) ended after {elapsed:.1f} s: "
             f"{'SUCCESS' if result.success else 'no success'}, progress {result.progress:.2f}"
         )
-        if self.stop_client is not None and self.recording_episode:
-            request = StopEpisode.Request(save=True, task_success=result.success)
-            self._call(self.stop_client, request, lambda r, res=result: self._on_stopped(r, res))
         more = self.episodes <= 0 or len(self.results) < self.episodes
+        if self.stop_client is not None and self.recording_episode:
+            # The next episode starts once the recorder has answered the stop: the two services
+            # are separate entities, which an executor may serve in either order.
+            self._ending = True
+            request = StopEpisode.Request(save=True, task_success=result.success)
+            self._call(self.stop_client, request, lambda r, res=result: self._on_stopped(r, res, more))
+        else:
+            self._next_episode(more)
+
+    def _next_episode(self, more: bool) -> None:
+        self._ending = False
         if more:
             self._start_episode(self.env.seed + 1)
         else:
@@ -215,6 +226,7 @@ class SimRobotNode(Node):
     def _call(self, client, request, done) -> None:
         if not client.service_is_ready() and not client.wait_for_service(timeout_sec=2.0):
             self.get_logger().error(f"recorder service {client.srv_name} is not available; not recording")
+            done(None)
             return
         future = client.call_async(request)
         future.add_done_callback(lambda f: done(f.result()))
@@ -225,12 +237,13 @@ class SimRobotNode(Node):
         else:
             self.get_logger().error(f"recorder refused to start: {getattr(response, 'message', '')}")
 
-    def _on_stopped(self, response, result: EpisodeResult) -> None:
+    def _on_stopped(self, response, result: EpisodeResult, more: bool) -> None:
         if response is not None and response.success:
             result.recorded = response.episode
         else:
             self.get_logger().error(f"recorder refused to stop: {getattr(response, 'message', '')}")
         self.recording_episode = ""
+        self._next_episode(more)
 
     # -- commands -------------------------------------------------------------------------------------
     def _on_command(self, group: str, msg: JointState) -> None:
@@ -253,7 +266,7 @@ class SimRobotNode(Node):
         self.commands_received[group] += 1
 
     def _on_teleop(self) -> None:
-        if self.finished or self._folder is None:
+        if self.finished or self._ending or self._folder is None:
             return
         t = self.env.time - self._episode_start - self.start_delay_s
         if t > self._folder.duration + 0.5:
@@ -278,7 +291,7 @@ class SimRobotNode(Node):
         # Bounded so a stalled process resumes smoothly instead of jumping.
         elapsed = min(now - self._last_step, 0.1)
         self._last_step = now
-        if elapsed <= 0 or self.finished:
+        if elapsed <= 0 or self.finished or self._ending:
             return
         with self.lock:
             self.env.step(elapsed)
