@@ -164,15 +164,26 @@ class LatentCache:
 
     def _check(self, ep: int, starts: list[int]) -> None:
         with safe_open(str(self.path(ep)), framework="pt") as f:
-            if (f.metadata() or {}).get("signature") != self.signature:
+            made = (f.metadata() or {}).get("signature")
+            if made != self.signature:
                 raise ValueError(
-                    f"{self.path(ep)}: latent cache made for other data/encoder settings; delete it"
+                    f"{self.path(ep)}: latent cache made for other settings ({self._differences(made)}); "
+                    "delete it"
                 )
             have = set(f.get_tensor("starts").tolist())
         if not set(starts) <= have:
             raise ValueError(
                 f"{self.path(ep)}: latent cache lacks some window starts of episode {ep}; delete it"
             )
+
+    def _differences(self, made: str | None) -> str:
+        try:
+            theirs = json.loads(made or "")
+        except json.JSONDecodeError:
+            return "no readable signature"
+        ours = json.loads(self.signature)
+        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        return ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in keys)
 
     def get(self, ep: int, t: int) -> torch.Tensor:
         if ep not in self._starts:
