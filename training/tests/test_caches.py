@@ -67,7 +67,7 @@ def test_latent_cache_matches_vae_and_refuses_other_settings(tmp_path, component
     with pytest.raises(KeyError, match="window start 3"):
         cache.get(1, 3)
     other = WindowDataset(ds, LAYOUT, KEYS, WindowSpec(4, 5, 2), start_stride=2)
-    with pytest.raises(ValueError, match="other data/encoder settings"):
+    with pytest.raises(ValueError, match="other settings \\(video_stride: 1 there, 2 now\\)"):
         LatentCache(tmp_path / "latents", "vae-a", other).build(other, components, progress=False)
-    with pytest.raises(ValueError, match="other data/encoder settings"):
+    with pytest.raises(ValueError, match="encoder: 'vae-a' there, 'vae-b' now"):
         LatentCache(tmp_path / "latents", "vae-b", windows).build(windows, components, progress=False)
