@@ -39,6 +39,7 @@ ROSDEP = {
     "yaml": "python3-yaml",
     "PIL": "python3-pil",
     "tqdm": "python3-tqdm",
+    "matplotlib": "python3-matplotlib",
     "pytest": "python3-pytest",
 }
 # import name -> pip distribution, for libraries installed from requirements/python.txt.
