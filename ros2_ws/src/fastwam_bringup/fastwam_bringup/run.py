@@ -5,9 +5,18 @@ same classes the launch files start, composed in one process through one executo
 configured from the same robot config YAML. It prints what happens (chunks, latency, commands,
 task progress) and exits with a summary after --duration seconds or when the episode ends.
 
-    python -m fastwam_bringup.run                       # random-init tiny model, motion enabled
-    python -m fastwam_bringup.run --checkpoint ckpt/    # a trained checkpoint
+    python -m fastwam_bringup.run                       # the simulation experiment's Fast-WAM
+    python -m fastwam_bringup.run --checkpoint random   # random-init tiny model (no success expected)
+    python -m fastwam_bringup.run --checkpoint ckpt/    # any trained checkpoint
     python -m fastwam_bringup.run --scripted-teleop --episodes 20 --record ~/fastwam_episodes
+
+With no --checkpoint it runs the fast_wam checkpoint of the simulation experiment
+(fastwam_bringup.sim_experiment) under --experiment-dir; when there is none yet, it first produces
+it with the experiment's record, convert and train stages (minutes on a CPU).
+
+The composition is also a library: `record_scripted_episodes` records scripted demonstrations
+through the recorder node and `run_policy_episode` runs one closed-loop episode through the policy
+node (the simulation experiment uses both).
 """
 
 from __future__ import annotations
@@ -17,24 +26,52 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import rclpy
+import rclpy.logging
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
 from fastwam.robot_config import load_robot_config
 
+SIM_CONFIG = "r1_lite_sim.yaml"  # the simulation experiment's robot config (192x160 composite)
+DEFAULT_EXPERIMENT_DIR = "runs/sim_towel_fold"
+# Rendered camera size of the simulated robot in the runner and the simulation experiment: the
+# policy's layout is at most 256x320 per view, so 480x640 renders would only cost 4x the CPU.
+SIM_IMAGE_SIZE = (240, 320)
+RANDOM_CHECKPOINT = "random"
+QUIET_LOGGERS = ("fastwam_policy", "sim_robot", "recorder", "fastwam_run_monitor")  # node names
+_STATE_NAMES = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
 
-def default_config_path() -> str:
+
+def default_config_path(name: str = SIM_CONFIG) -> str:
+    """A robot config shipped in fastwam_bringup/config (installed share directory or source tree)."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
+        installed = Path(get_package_share_directory("fastwam_bringup")) / "config" / name
+        if installed.is_file():
+            return str(installed)
     except Exception:
-        return str(Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml")
+        pass
+    return str(Path(__file__).resolve().parents[1] / "config" / name)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        message = f"image size must be HEIGHTxWIDTH (e.g. 240x320), got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         default="",
-        help="policy checkpoint directory; empty: a random-init tiny model is created (no success expected)",
+        help="policy checkpoint directory; empty (default): the simulation experiment's fast_wam checkpoint "
+        "under --experiment-dir, produced on first use; 'random': a random-init tiny model (it does not "
+        "fold the towel)",
+    )
+    parser.add_argument(
+        "--experiment-dir",
+        default=DEFAULT_EXPERIMENT_DIR,
+        help="simulation experiment directory holding the default checkpoint",
     )
     parser.add_argument("--instruction", default="fold the towel")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds before stopping (0: no limit)")
@@ -56,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=1, help="scripted episodes (with --scripted-teleop)")
     parser.add_argument("--seed", type=int, default=0, help="towel start pose seed (episode i: seed + i)")
     parser.add_argument("--record", default="", help="record episodes into this directory (recorder node)")
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=SIM_IMAGE_SIZE,
+        help="rendered camera size HEIGHTxWIDTH of the simulated robot (default %(default)s)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(
@@ -76,6 +126,8 @@ class Monitor:
             )
         self.chunks: list[float] = []  # total latency (ms) of each chunk
         self.policy_state = ""  # from the policy node's PolicyStatus
+        self.state_name = ""  # the PolicyStatus state alone (STARTING, ..., ERROR)
+        self.reason = ""
         self.chunks_predicted = 0
         try:
             from fastwam_msgs.msg import ActionChunk, PolicyStatus
@@ -88,13 +140,160 @@ class Monitor:
             pass
 
     def _on_status(self, msg) -> None:
-        names = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
-        state = names[msg.state] if msg.state < len(names) else str(msg.state)
+        state = _STATE_NAMES[msg.state] if msg.state < len(_STATE_NAMES) else str(msg.state)
+        self.state_name, self.reason = state, msg.reason
         self.policy_state = f"{state}: {msg.reason}" if msg.reason else state
         self.chunks_predicted = int(msg.chunks_predicted)
 
     def _count(self, group: str) -> None:
         self.commands[group] += 1
+
+
+class Composition:
+    """One rclpy context, one SingleThreadedExecutor and the nodes added to it; close() tears down.
+
+    One executor thread: inference runs on the policy node's own worker thread, so callbacks stay
+    short. rclpy's MultiThreadedExecutor was measured spinning a core at 100 % here, slowing
+    inference 3-5x and leaving the policy holding on stale frames.
+    """
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.nodes: list = []
+        if quiet:  # the nodes log errors only (set before they are created: their start-up lines too)
+            for name in QUIET_LOGGERS:
+                rclpy.logging.set_logger_level(name, LoggingSeverity.ERROR)
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def spin_once(self, timeout_s: float = 0.05) -> None:
+        self.executor.spin_once(timeout_sec=timeout_s)
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() >= deadline or not rclpy.ok(context=self.context):
+                return False
+            self.spin_once()
+        return True
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        # spin_once hands callbacks to the executor's thread pool without waiting for them, and
+        # shutdown() does not wait either: let in-flight ones (a camera frame) finish first.
+        time.sleep(0.3)
+        for node in self.nodes:
+            self.executor.remove_node(node)
+        for node in self.nodes:
+            if hasattr(node, "recorder"):  # the recorder node's writer: saves a running episode
+                node.recorder.shutdown()
+            node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def __enter__(self) -> Composition:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- nodes ------------------------------------------------------------------------------------------
+def add_recorder(comp: Composition, robot_config: str, output_dir: str | Path, instruction: str):
+    from fastwam_policy.recorder_node import RecorderNode
+
+    return comp.add(
+        RecorderNode(
+            context=comp.context,
+            parameter_overrides=[
+                Parameter("robot_config", value=str(robot_config)),
+                Parameter("output_dir", value=str(Path(output_dir).expanduser())),
+                Parameter("default_instruction", value=instruction),
+            ],
+        )
+    )
+
+
+def add_sim(
+    comp: Composition,
+    robot_config: str,
+    *,
+    seed: int,
+    scripted: bool,
+    episodes: int = 1,
+    recorder: str = "",
+    instruction: str = "fold the towel",
+    image_size: tuple[int, int] = SIM_IMAGE_SIZE,
+    episode_timeout_s: float = 0.0,
+):
+    from fastwam_policy.sim_robot_node import SimRobotNode
+
+    return comp.add(
+        SimRobotNode(
+            context=comp.context,
+            parameter_overrides=[
+                Parameter("robot_config", value=str(robot_config)),
+                Parameter("seed", value=int(seed)),
+                Parameter("scripted_teleop", value=scripted),
+                Parameter("episodes", value=int(episodes)),
+                Parameter("recorder", value=recorder),
+                Parameter("instruction", value=instruction),
+                Parameter("episode_timeout_s", value=float(episode_timeout_s)),
+                Parameter("image_height", value=int(image_size[0])),
+                Parameter("image_width", value=int(image_size[1])),
+            ],
+        )
+    )
+
+
+def add_policy(
+    comp: Composition,
+    robot_config: str,
+    checkpoint: str | Path,
+    *,
+    instruction: str,
+    motion_enabled: bool,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
+    try:
+        from fastwam_policy.policy_node import FastWAMPolicyNode
+    except ImportError as error:
+        raise SystemExit(
+            f"the policy node is not available ({error}); run with --scripted-teleop for the simulated "
+            "robot and its scripted teleoperator alone"
+        ) from error
+    overrides = [
+        Parameter("checkpoint", value=str(checkpoint)),
+        Parameter("robot_config", value=str(robot_config)),
+        Parameter("instruction", value=instruction),
+        Parameter("motion_enabled", value=motion_enabled),
+        Parameter("device", value=device),
+        Parameter("dtype", value=dtype),
+    ]
+    return comp.add(FastWAMPolicyNode(context=comp.context, parameter_overrides=overrides))
+
+
+def add_monitor(comp: Composition, config) -> Monitor:
+    node = comp.add(rclpy.create_node("fastwam_run_monitor", context=comp.context))
+    return Monitor(node, config)
+
+
+def wait_for_policy(comp: Composition, monitor: Monitor, checkpoint, timeout_s: float = 600.0) -> None:
+    """Spin until the policy node has loaded its model and warmed up (it reports a state past
+    STARTING); raises RuntimeError naming the checkpoint when it fails or takes too long."""
+    ready = comp.spin_until(lambda: monitor.state_name not in ("", "STARTING"), timeout_s)
+    if monitor.state_name == "ERROR":
+        raise RuntimeError(f"policy node failed to start with checkpoint {checkpoint}: {monitor.reason}")
+    if not ready:
+        raise RuntimeError(
+            f"policy node not ready after {timeout_s:.0f} s with checkpoint {checkpoint} "
+            f"(state {monitor.policy_state or 'unknown'})"
+        )
 
 
 def _random_checkpoint(config, directory: str) -> str:
@@ -106,84 +305,198 @@ def _random_checkpoint(config, directory: str) -> str:
     return str(path)
 
 
-def _policy_node(args, config, context, checkpoint: str):
-    try:
-        from fastwam_policy.policy_node import FastWAMPolicyNode
-    except ImportError as error:
-        raise SystemExit(
-            f"the policy node is not available ({error}); run with --scripted-teleop for the simulated "
-            "robot and its scripted teleoperator alone"
-        ) from error
-    overrides = [
-        Parameter("checkpoint", value=checkpoint),
-        Parameter("robot_config", value=args.robot_config),
-        Parameter("instruction", value=args.instruction),
-        Parameter("motion_enabled", value=not args.dry_run),
-        Parameter("device", value=args.device),
-        Parameter("dtype", value=args.dtype),
-    ]
-    return FastWAMPolicyNode(context=context, parameter_overrides=overrides)
+# -- library: scripted recording and one policy episode ---------------------------------------------
+def record_scripted_episodes(
+    robot_config: str | Path,
+    output_dir: str | Path,
+    *,
+    seed: int,
+    episodes: int,
+    instruction: str = "fold the towel",
+    image_size: tuple[int, int] = SIM_IMAGE_SIZE,
+    on_episode: Callable[[object], None] | None = None,
+    quiet: bool = True,
+) -> list:
+    """Record `episodes` scripted demonstrations (seeds seed .. seed + episodes - 1) through the
+    recorder node into output_dir, in real time. Returns the sim's EpisodeResult per episode
+    (success label, `recorded` = the recorder's episode name); on_episode is called after each."""
+    from fastwam.sim import ScriptedFolder, TowelFoldEnv
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    config = load_robot_config(robot_config)
+    folder = ScriptedFolder(TowelFoldEnv(config.robot, config.cameras.keys))
+    # Generous: each episode lasts ~folder.duration + 1.5 s of sim time, which a loaded machine
+    # stretches (physics steps are capped at 0.1 s of wall time).
+    timeout_s = episodes * (3.0 * folder.duration + 20.0) + 30.0
+    with Composition(quiet=quiet) as comp:
+        add_recorder(comp, str(robot_config), output_dir, instruction)
+        sim = add_sim(
+            comp,
+            str(robot_config),
+            seed=seed,
+            scripted=True,
+            episodes=episodes,
+            recorder="/recorder",
+            instruction=instruction,
+            image_size=image_size,
+        )
+        reported = 0
+
+        def finished() -> bool:
+            nonlocal reported
+            while on_episode is not None and reported < len(sim.results):
+                on_episode(sim.results[reported])
+                reported += 1
+            return sim.finished
+
+        if not comp.spin_until(finished, timeout_s):
+            raise RuntimeError(
+                f"scripted recording into {output_dir} did not finish in {timeout_s:.0f} s: "
+                f"{len(sim.results)}/{episodes} episodes done"
+            )
+        # The recorder answers the last stop (save + success label) after the episode ended.
+        comp.spin_until(lambda: not sim.recording_episode, 15.0)
+        return list(sim.results)
+
+
+@dataclass
+class PolicyEpisodeResult:
+    """One closed-loop episode. Times are simulated seconds since the episode started."""
+
+    seed: int
+    success: bool
+    completion_time_s: float | None  # sim time of the first success
+    progress: float  # fold progress at the end (0 flat .. 1 folded)
+    duration_s: float  # sim time the episode ran
+    chunk_latencies_ms: list[float] = field(default_factory=list)  # ActionChunk.total_ms, in order
+    chunks_predicted: int = 0  # PolicyStatus.chunks_predicted (including discarded ones)
+    commands: int = 0  # JointState commands on the robot's command topics, all groups
+    policy_state: str = ""  # the policy node's last reported state
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_policy_episode(
+    robot_config: str | Path,
+    checkpoint: str | Path,
+    seed: int,
+    *,
+    timeout_s: float = 15.0,
+    instruction: str = "fold the towel",
+    image_size: tuple[int, int] = SIM_IMAGE_SIZE,
+    device: str = "cpu",
+    dtype: str = "float32",
+    startup_timeout_s: float = 600.0,
+    quiet: bool = True,
+) -> PolicyEpisodeResult:
+    """One policy-driven episode on towel seed `seed`, motion enabled, ending at the first success
+    or after `timeout_s` of simulated time. The policy node loads and warms up its model before the
+    simulated robot exists, so model loading is not part of the episode."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    config = load_robot_config(robot_config)
+    with Composition(quiet=quiet) as comp:
+        monitor = add_monitor(comp, config)
+        add_policy(comp, str(robot_config), checkpoint, instruction=instruction, motion_enabled=True,
+                   device=device, dtype=dtype)  # fmt: skip
+        wait_for_policy(comp, monitor, checkpoint, startup_timeout_s)
+        sim = add_sim(
+            comp,
+            str(robot_config),
+            seed=seed,
+            scripted=False,
+            instruction=instruction,
+            image_size=image_size,
+            episode_timeout_s=timeout_s,
+        )
+        # Counted from the episode's start (nothing can have been commanded before: no inputs).
+        monitor.chunks.clear()
+        monitor.commands = dict.fromkeys(monitor.commands, 0)
+        started = time.monotonic()
+        # Sim time never runs ahead of wall time; the wall limit only guards against a stalled sim.
+        ended = comp.spin_until(
+            lambda: sim.finished or sim.first_success_s is not None, 10.0 * timeout_s + 60.0
+        )
+        if not sim.finished:
+            sim.end_episode()  # success reached (or stalled): score the episode now
+        wall_s = time.monotonic() - started
+        result = sim.results[-1]
+        if not ended:
+            result.notes.append(f"wall-clock limit hit after {wall_s:.0f} s")
+        return PolicyEpisodeResult(
+            seed=result.seed,
+            success=result.success,
+            completion_time_s=result.first_success_s,
+            progress=float(result.progress),
+            duration_s=float(result.duration_s),
+            chunk_latencies_ms=[float(v) for v in monitor.chunks],
+            chunks_predicted=monitor.chunks_predicted,
+            commands=sum(monitor.commands.values()),
+            policy_state=monitor.policy_state,
+            wall_s=wall_s,
+        )
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def resolve_checkpoint(args: argparse.Namespace, config, tmp: str) -> str:
+    """--checkpoint as given; 'random': a random tiny model; empty: the experiment's fast_wam
+    checkpoint, produced by the experiment's stages when it does not exist yet."""
+    if args.checkpoint == RANDOM_CHECKPOINT:
+        print("[run] --checkpoint random: creating a random-init tiny model (it will not fold the towel)")
+        return _random_checkpoint(config, tmp)
+    if args.checkpoint:
+        return args.checkpoint
+    from fastwam_bringup import sim_experiment
+
+    found = sim_experiment.trained_checkpoint(args.experiment_dir, "fast_wam")
+    if found is not None:
+        print(f"[run] checkpoint: {found} (the simulation experiment's fast_wam model)")
+        return str(found)
+    print(
+        f"[run] no fast_wam checkpoint under {args.experiment_dir} yet: producing it with the simulation "
+        "experiment's record, convert and train stages (python -m fastwam_bringup.sim_experiment)"
+    )
+    return str(sim_experiment.prepare_default_checkpoint(args.experiment_dir, args.robot_config))
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastwam_policy.sim_robot_node import SimRobotNode
-
     config = load_robot_config(args.robot_config)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    # One executor thread: inference runs on the policy node's own worker thread, so callbacks stay
-    # short. rclpy's MultiThreadedExecutor was measured spinning a core at 100 % here, slowing
-    # inference 3-5x and leaving the policy holding on stale frames.
-    executor = SingleThreadedExecutor(context=context)
-    nodes = []
     tmp = tempfile.TemporaryDirectory(prefix="fastwam_run_")
+    comp = None
     try:
+        checkpoint = None if args.scripted_teleop else resolve_checkpoint(args, config, tmp.name)
+        comp = Composition()
+        monitor = add_monitor(comp, config)
+        if checkpoint is not None:
+            # Created first: the model loads and warms up before the robot's episode starts.
+            add_policy(comp, args.robot_config, checkpoint, instruction=args.instruction,
+                       motion_enabled=not args.dry_run, device=args.device, dtype=args.dtype)  # fmt: skip
+            print(f"[run] loading {checkpoint}")
+            wait_for_policy(comp, monitor, checkpoint)
         recorder = None
         if args.record:
-            from fastwam_policy.recorder_node import RecorderNode
-
-            recorder = RecorderNode(
-                context=context,
-                parameter_overrides=[
-                    Parameter("robot_config", value=args.robot_config),
-                    Parameter("output_dir", value=str(Path(args.record).expanduser())),
-                    Parameter("default_instruction", value=args.instruction),
-                ],
-            )
-            nodes.append(recorder)
-        sim = SimRobotNode(
-            context=context,
-            parameter_overrides=[
-                Parameter("robot_config", value=args.robot_config),
-                Parameter("seed", value=args.seed),
-                Parameter("scripted_teleop", value=args.scripted_teleop),
-                Parameter("episodes", value=args.episodes if args.scripted_teleop else 1),
-                Parameter("recorder", value="/recorder" if recorder is not None else ""),
-                Parameter("instruction", value=args.instruction),
-                Parameter("episode_timeout_s", value=0.0),
-            ],
+            recorder = add_recorder(comp, args.robot_config, args.record, args.instruction)
+        sim = add_sim(
+            comp,
+            args.robot_config,
+            seed=args.seed,
+            scripted=args.scripted_teleop,
+            episodes=args.episodes if args.scripted_teleop else 1,
+            recorder="/recorder" if recorder is not None else "",
+            instruction=args.instruction,
+            image_size=args.image_size,
         )
-        nodes.append(sim)
-        if not args.scripted_teleop:
-            checkpoint = args.checkpoint
-            if not checkpoint:
-                print("[run] no --checkpoint: creating a random-init tiny model (it will not fold the towel)")
-                checkpoint = _random_checkpoint(config, tmp.name)
-            nodes.append(_policy_node(args, config, context, checkpoint))
-        monitor_node = rclpy.create_node("fastwam_run_monitor", context=context)
-        nodes.append(monitor_node)
-        monitor = Monitor(monitor_node, config)
-        for node in nodes:
-            executor.add_node(node)
-
         mode = (
             "scripted teleop" if args.scripted_teleop else ("policy, dry run" if args.dry_run else "policy")
         )
         print(f"[run] {config.robot.name} simulated, {mode}, seed {args.seed}, config {args.robot_config}")
         start = time.monotonic()
         next_report = start + 1.0
-        while rclpy.ok(context=context):
-            executor.spin_once(timeout_sec=0.05)
+        while rclpy.ok(context=comp.context):
+            comp.spin_once()
             now = time.monotonic()
             if now >= next_report:
                 next_report += 1.0
@@ -203,26 +516,16 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - start
         if not sim.finished:  # close the running episode so it is scored (and recorded)
             sim.end_episode()
-        deadline = time.monotonic() + 5.0  # let the recorder answer the stop (save + label)
-        while recorder is not None and sim.recording_episode and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        return _summary(args, sim, monitor, elapsed, recorder)
+        # Let the recorder answer the stop (save + label).
+        comp.spin_until(lambda: recorder is None or not sim.recording_episode, 5.0)
+        return _summary(args, sim, monitor, elapsed)
     finally:
-        executor.shutdown()
-        # spin_once hands callbacks to the executor's thread pool without waiting for them, and
-        # shutdown() does not wait either: let in-flight ones (a camera frame) finish first.
-        time.sleep(0.3)
-        for node in nodes:
-            executor.remove_node(node)
-        for node in nodes:
-            if hasattr(node, "recorder"):  # the recorder node's writer: saves a running episode
-                node.recorder.shutdown()
-            node.destroy_node()
-        rclpy.shutdown(context=context)
+        if comp is not None:
+            comp.close()
         tmp.cleanup()
 
 
-def _summary(args, sim, monitor: Monitor, elapsed: float, recorder) -> int:
+def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
     results = sim.results
     print(f"[run] summary after {elapsed:.1f} s")
     print(

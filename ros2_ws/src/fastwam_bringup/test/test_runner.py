@@ -41,7 +41,8 @@ def test_scripted_teleop_commands_flow_through_the_composed_nodes(capsys):
 def test_policy_node_predicts_from_the_simulated_robot(capsys):
     """Sim cameras/joints reach the policy node and it predicts. Whether its chunks become commands
     depends on inference outrunning a chunk (2.1 s at 15 Hz): not asserted, machines differ."""
-    code = run(parse_args(["--robot-config", str(CONFIG), "--duration", "20", "--seed", "2"]))
+    argv = ["--robot-config", str(CONFIG), "--checkpoint", "random", "--duration", "20", "--seed", "2"]
+    code = run(parse_args(argv))
     out = capsys.readouterr().out
     assert code == 0, out
     line = next(x for x in out.splitlines() if "[run]   policy:" in x)
