@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "fastwam_run = fastwam_bringup.run:main",
+            "fastwam_sim_experiment = fastwam_bringup.sim_experiment:main",
         ],
     },
 )

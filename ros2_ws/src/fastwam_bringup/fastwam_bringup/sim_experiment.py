@@ -1,0 +1,718 @@
+"""End to end in simulation: record demos, train Fast-WAM and its ablations, evaluate closed-loop, report.
+
+    python -m fastwam_bringup.sim_experiment --out runs/sim_towel_fold     (scripts/sim_experiment.sh)
+
+Stages, each idempotent (skipped when its outputs exist for the same settings; --force redoes all):
+    record   N scripted demonstrations through the recorder node in the simulated R1 Lite (real
+             time), seeds --train-seed .. + N - 1                                  -> <out>/bags
+    convert  bags -> LeRobot v2.1 dataset (fastwam.data.bag, cameras resized to the layout)
+                                                                                  -> <out>/dataset
+    train    per --variants: python -m fastwam_training.train --config <train-config> (a
+             subprocess; the VAE latent cache in <out>/cache is shared)        -> <out>/train/<v>
+    random   the same model, random-initialised, with the dataset's normalization -> <out>/random_init
+    eval     M closed-loop episodes per model through the policy node, motion enabled, on held-out
+             seeds --eval-seed .. + M - 1, each ending at the first success or the timeout
+                                                                                  -> <out>/eval/<m>.json
+    report   <out>/results.json, <out>/report.md and <out>/success_vs_time.png (success rate vs mean
+             completion time per model, as the Fast-WAM paper's Figure 4)
+
+Each stage's settings and wall time are kept in <out>/stages/<stage>.json; a stage whose inputs
+changed is redone, and so is everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from fastwam.robot_config import load_robot_config
+from fastwam_bringup.run import SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path
+
+DEFAULT_OUT = "runs/sim_towel_fold"
+DEFAULT_TRAIN_CONFIG = "training/configs/sim_towel_fold.yaml"  # relative to the repository root
+VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
+RANDOM_INIT = "random_init"
+STAGES = ("record", "convert", "train", "random", "eval", "report")
+# Scripted episodes in the recorder (real time) and conversion, per demo, and training, per step of
+# the small preset on 2 busy CPU cores: for the time estimate printed before the run.
+SECONDS_PER_DEMO = 14.0
+SECONDS_PER_TRAIN_STEP = 0.5
+
+
+@dataclass
+class Settings:
+    out: Path
+    robot_config: Path
+    train_config: Path
+    demos: int = 30
+    train_seed: int = 0
+    variants: tuple[str, ...] = ("fast_wam", "no_cotrain")
+    steps: int | None = None  # train.max_steps override
+    train_overrides: tuple[str, ...] = ()
+    eval_episodes: int = 10
+    eval_seed: int = 100_000
+    eval_timeout_s: float = 15.0
+    instruction: str = "fold the towel"
+    image_size: tuple[int, int] = SIM_IMAGE_SIZE
+    device: str = "cpu"
+    force: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # this run's wall time per stage
+    stage_status: dict[str, str] = field(default_factory=dict)  # ran | skipped
+
+    def check(self) -> None:
+        """Refuse bad settings before anything runs, naming the option."""
+        if not self.robot_config.is_file():
+            raise ValueError(f"--robot-config {self.robot_config}: no such file")
+        if not self.train_config.is_file():
+            raise ValueError(
+                f"--train-config {self.train_config}: no such file (run from the repository root or pass it)"
+            )
+        if self.demos < 1:
+            raise ValueError(f"--demos must be at least 1, got {self.demos}")
+        if self.eval_episodes < 0:
+            raise ValueError(f"--eval-episodes must be >= 0, got {self.eval_episodes}")
+        if self.eval_timeout_s <= 0:
+            raise ValueError(f"--eval-timeout-s must be positive, got {self.eval_timeout_s}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"--variants {list(self.variants)}: each once, from {list(VARIANTS)}")
+        for item in self.train_overrides:
+            if "=" not in item:
+                raise ValueError(f"--train-override {item!r} must look like section.key=value")
+        train = range(self.train_seed, self.train_seed + self.demos)
+        held_out = range(self.eval_seed, self.eval_seed + self.eval_episodes)
+        overlap = sorted(set(train) & set(held_out))
+        if overlap:
+            raise ValueError(
+                f"evaluation seeds {held_out.start}..{held_out.stop - 1} overlap the training seeds "
+                f"{train.start}..{train.stop - 1} (e.g. {overlap[0]}): choose another --eval-seed"
+            )
+
+    @property
+    def train_seeds(self) -> list[int]:
+        return list(range(self.train_seed, self.train_seed + self.demos))
+
+    @property
+    def eval_seeds(self) -> list[int]:
+        return list(range(self.eval_seed, self.eval_seed + self.eval_episodes))
+
+    def trainer_overrides(self, variant: str) -> list[str]:
+        """The key=value overrides every training run (and the random baseline's model) gets."""
+        out = self.out.resolve()
+        overrides = [
+            f"data.root={out / 'dataset'}",
+            f"output_dir={out / 'train' / variant}",
+            f"model.variant={variant}",
+            f"cache.dir={out / 'cache'}",
+        ]
+        if self.steps is not None:
+            overrides.append(f"train.max_steps={self.steps}")
+        return overrides + list(self.train_overrides)
+
+
+# -- stage bookkeeping ------------------------------------------------------------------------------
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _manifest_path(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def _finished(out: Path, stage: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage's manifest when it finished with exactly these settings, else None."""
+    path = _manifest_path(out, stage)
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if manifest.get("settings") == settings else None
+
+
+def _mark_finished(out: Path, stage: str, settings: dict[str, Any], seconds: float, **extra: Any) -> dict:
+    path = _manifest_path(out, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {"settings": settings, "seconds": round(seconds, 2), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path)
+    return manifest
+
+
+def _header(index: int, stage: str, text: str) -> None:
+    print(f"\n== [{index}/{len(STAGES)}] {stage}: {text}", flush=True)
+
+
+def _robot_fingerprint(robot_config: Path) -> str:
+    """What the experiment uses from the robot config (extends resolved): spec, cameras, control."""
+    config = load_robot_config(robot_config)
+    return _digest(
+        {
+            "robot": config.robot.to_dict(),
+            "cameras": config.cameras.to_dict(),
+            "topics": repr(config.topics),
+            "control": repr(config.control),
+        }
+    )
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def stage_record(s: Settings) -> dict[str, Any]:
+    from fastwam_bringup.run import record_scripted_episodes
+
+    bags = s.out / "bags"
+    settings = {
+        "demos": s.demos,
+        "train_seed": s.train_seed,
+        "robot": _robot_fingerprint(s.robot_config),
+        "image_size": list(s.image_size),
+        "instruction": s.instruction,
+    }
+    _header(
+        1,
+        "record",
+        f"{s.demos} scripted demos (seeds {s.train_seed}..{s.train_seed + s.demos - 1}) -> {bags}",
+    )
+    done = None if s.force else _finished(s.out, "record", settings)
+    if done is not None and bags.is_dir():
+        print(f"skipped: {len(done['episodes'])} demos recorded earlier ({done['seconds']:.0f} s)")
+        s.stage_status["record"] = "skipped"
+        return done
+    shutil.rmtree(bags, ignore_errors=True)
+    started = time.monotonic()
+    with tqdm(total=s.demos, desc="record", unit="demo") as bar:
+        successes = 0
+
+        def on_episode(result) -> None:
+            nonlocal successes
+            successes += bool(result.success)
+            bar.update(1)
+            bar.set_postfix(success=f"{successes}/{bar.n}")
+
+        results = record_scripted_episodes(
+            s.robot_config,
+            bags,
+            seed=s.train_seed,
+            episodes=s.demos,
+            instruction=s.instruction,
+            image_size=s.image_size,
+            on_episode=on_episode,
+        )
+    episodes = [
+        {"seed": r.seed, "success": r.success, "recorded": r.recorded, "first_success_s": r.first_success_s}
+        for r in results
+    ]
+    failed = [e["seed"] for e in episodes if not (e["success"] and e["recorded"])]
+    if failed:
+        print(f"warning: scripted demos of seeds {failed} did not succeed or were not recorded; not used")
+    if len(failed) == len(episodes):
+        raise RuntimeError(f"no scripted demo was recorded successfully into {bags}")
+    seconds = time.monotonic() - started
+    s.stage_status["record"] = "ran"
+    return _mark_finished(s.out, "record", settings, seconds, episodes=episodes)
+
+
+def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
+    from fastwam.data.bag import convert_bags, find_bags, update_dataset_stats
+
+    dataset = s.out / "dataset"
+    settings = {"record": _digest(record["settings"]), "resize_to_layout": True, "only_success": True}
+    _header(2, "convert", f"{s.out / 'bags'} -> LeRobot dataset {dataset}")
+    done = None if s.force else _finished(s.out, "convert", settings)
+    if done is not None and (dataset / "meta" / "info.json").is_file():
+        print(f"skipped: {done['episodes']} episodes, {done['frames']} frames converted earlier")
+        s.stage_status["convert"] = "skipped"
+        return done
+    shutil.rmtree(dataset, ignore_errors=True)
+    # The trainers' latent cache names the dataset by path only: a new dataset invalidates it.
+    shutil.rmtree(s.out / "cache", ignore_errors=True)
+    started = time.monotonic()
+    config = load_robot_config(s.robot_config)
+    bags = find_bags([s.out / "bags"])
+    for bag in tqdm(bags, desc="convert", unit="episode"):
+        convert_bags(
+            [bag],
+            dataset,
+            config,
+            only_success=True,
+            resize_to_layout=True,
+            update_stats=False,
+            log=lambda line: tqdm.write(f"  {line}"),
+        )
+    update_dataset_stats(dataset, config)
+    from fastwam.data.lerobot import LeRobotDataset
+
+    data = LeRobotDataset(dataset)
+    s.stage_status["convert"] = "ran"
+    return _mark_finished(
+        s.out,
+        "convert",
+        settings,
+        time.monotonic() - started,
+        episodes=len(data.episode_indices),
+        frames=data.total_frames,
+    )
+
+
+def trained_checkpoint(out: str | os.PathLike[str], variant: str) -> Path | None:
+    """The last complete checkpoint's model directory of a variant's training run, or None."""
+    root = Path(out) / "train" / variant / "checkpoints"
+    done = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
+    return done[-1] / "model" if done and (done[-1] / "model" / "checkpoint.json").is_file() else None
+
+
+def _train_settings(s: Settings, convert: dict[str, Any], variant: str) -> dict[str, Any]:
+    return {
+        "dataset": _digest(convert["settings"]),
+        "train_config": _file_digest(s.train_config),
+        "overrides": s.trainer_overrides(variant),
+    }
+
+
+def stage_train(s: Settings, convert: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    _header(3, "train", f"variants {', '.join(s.variants)} with {s.train_config}")
+    results, seconds, ran = {}, 0.0, False
+    for i, variant in enumerate(s.variants, 1):
+        stage = f"train_{variant}"
+        settings = _train_settings(s, convert, variant)
+        done = None if s.force else _finished(s.out, stage, settings)
+        if done is not None and trained_checkpoint(s.out, variant) is not None:
+            print(f"[{variant}] skipped: {done['checkpoint']} trained earlier ({done['seconds']:.0f} s)")
+            results[variant] = done
+            continue
+        run_dir = s.out / "train" / variant
+        shutil.rmtree(run_dir, ignore_errors=True)
+        command = [
+            sys.executable, "-m", "fastwam_training.train", "--config", str(s.train_config),
+            *s.trainer_overrides(variant),
+        ]  # fmt: skip
+        print(f"[{variant}] ({i}/{len(s.variants)}) " + " ".join(command), flush=True)
+        started = time.monotonic()
+        # The trainer's own progress bar shows on this terminal.
+        code = subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        elapsed = time.monotonic() - started
+        seconds += elapsed
+        checkpoint = trained_checkpoint(s.out, variant)
+        if code != 0 or checkpoint is None:
+            raise RuntimeError(
+                f"training variant {variant!r} failed (exit code {code}, checkpoint {checkpoint}); "
+                f"command: {' '.join(command)}"
+            )
+        step = json.loads((checkpoint.parent / "trainer_state.json").read_text())["step"]
+        results[variant] = _mark_finished(
+            s.out, stage, settings, elapsed, checkpoint=str(checkpoint), steps=int(step)
+        )
+        ran = True
+    s.stage_status["train"] = "ran" if ran else "skipped"
+    s.stage_seconds["train"] = seconds
+    return results
+
+
+def stage_random(s: Settings, convert: dict[str, Any]) -> dict[str, Any]:
+    """A random-initialised model built exactly as the trainer builds its starting point, saved
+    with the dataset's normalization statistics (so its actions lie in the robot's range)."""
+    path = s.out / RANDOM_INIT / "model"
+    settings = {**_train_settings(s, convert, "fast_wam"), "model": "random_init"}
+    _header(4, "random", f"random-initialised baseline -> {path}")
+    done = None if s.force else _finished(s.out, "random", settings)
+    if done is not None and (path / "checkpoint.json").is_file():
+        print("skipped: created earlier")
+        s.stage_status["random"] = "skipped"
+        return done
+    import torch
+
+    from fastwam.data.lerobot import LeRobotDataset
+    from fastwam.data.stats import default_stats_path
+    from fastwam.normalize import NormalizationStats
+    from fastwam_training import modeling
+    from fastwam_training.config import load_config
+
+    started = time.monotonic()
+    shutil.rmtree(path.parent, ignore_errors=True)
+    with tqdm(total=2, desc="random", unit="step") as bar:
+        config = load_config(s.train_config, s.trainer_overrides("fast_wam"))
+        robot, layout = config.robot_and_cameras()
+        dataset = LeRobotDataset(s.out / "dataset")
+        stats = NormalizationStats.load(default_stats_path(dataset))
+        model, components = modeling.build(config, robot, layout)
+        bar.update(1)
+        modeling.save(
+            path,
+            {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()},
+            model.config,
+            config,
+            robot,
+            layout,
+            stats,
+            components,
+            control_fps=load_robot_config(s.robot_config).control.rate_hz,
+            dataset_fps=dataset.fps,
+            extra={"experiment": config.name, "step": 0, "random_init": True, "dataset": str(dataset.root)},
+        )
+        bar.update(1)
+    s.stage_status["random"] = "ran"
+    return _mark_finished(
+        s.out, "random", settings, time.monotonic() - started, checkpoint=str(path), steps=0
+    )
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    from fastwam_bringup.run import run_policy_episode
+
+    _header(
+        5,
+        "eval",
+        f"{s.eval_episodes} closed-loop episodes per model on held-out seeds "
+        f"{s.eval_seed}..{s.eval_seed + s.eval_episodes - 1}, timeout {s.eval_timeout_s:g} s",
+    )
+    rows_by_model, seconds, ran = {}, 0.0, False
+    robot = _robot_fingerprint(s.robot_config)
+    for name, trained in models.items():
+        checkpoint = Path(trained["checkpoint"])
+        settings = {
+            "checkpoint": str(checkpoint),
+            "checkpoint_json": _file_digest(checkpoint / "checkpoint.json"),
+            "weights": _file_digest(checkpoint / "model.safetensors"),
+            "robot": robot,
+            "image_size": list(s.image_size),
+            "timeout_s": s.eval_timeout_s,
+            "instruction": s.instruction,
+            "device": s.device,
+        }
+        path = s.out / "eval" / f"{name}.json"
+        rows: list[dict[str, Any]] = []
+        if path.is_file() and not s.force:
+            saved = json.loads(path.read_text())
+            if saved.get("settings") == settings:  # episodes done earlier are kept (seed by seed)
+                rows = [r for r in saved["episodes"] if r["seed"] in s.eval_seeds]
+        todo = [seed for seed in s.eval_seeds if seed not in {r["seed"] for r in rows}]
+        bar = tqdm(
+            total=len(s.eval_seeds), initial=len(s.eval_seeds) - len(todo), desc=f"eval {name}", unit="ep"
+        )
+        bar.set_postfix(success=f"{sum(r['success'] for r in rows)}/{len(rows)}")
+        for seed in todo:
+            started = time.monotonic()
+            result = run_policy_episode(
+                s.robot_config,
+                checkpoint,
+                seed,
+                timeout_s=s.eval_timeout_s,
+                instruction=s.instruction,
+                image_size=s.image_size,
+                device=s.device,
+            )
+            seconds += time.monotonic() - started
+            ran = True
+            rows.append(result.to_dict())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"settings": settings, "episodes": rows}, indent=2))
+            os.replace(tmp, path)
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r['success'] for r in rows)}/{len(rows)}")
+        bar.close()
+        rows_by_model[name] = sorted(rows, key=lambda r: r["seed"])
+    s.stage_status["eval"] = "ran" if ran else "skipped"
+    s.stage_seconds["eval"] = seconds
+    return rows_by_model
+
+
+def summarize(name: str, model: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    successes = [r for r in rows if r["success"]]
+    latencies = [v for r in rows for v in r["chunk_latencies_ms"]]
+    times = [r["completion_time_s"] for r in successes]
+    return {
+        "model": name,
+        "checkpoint": model["checkpoint"],
+        "training_steps": model.get("steps", 0),
+        "episodes": len(rows),
+        "successes": len(successes),
+        "success_rate": len(successes) / len(rows) if rows else None,
+        "mean_completion_time_s": statistics.fmean(times) if times else None,
+        "latency_median_ms": statistics.median(latencies) if latencies else None,
+        "latency_p95_ms": _percentile(latencies, 0.95),
+        "chunks": len(latencies),
+    }
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def report_table(summaries: list[dict[str, Any]]) -> str:
+    lines = [
+        "| variant | training steps | success | success % | mean completion time (s) | latency median (ms) | latency p95 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in summaries:
+        rate = None if m["success_rate"] is None else 100.0 * m["success_rate"]
+        lines.append(
+            f"| {m['model']} | {m['training_steps']} | {m['successes']}/{m['episodes']} | {_fmt(rate, '.0f', ' %')} "
+            f"| {_fmt(m['mean_completion_time_s'], '.1f')} | {_fmt(m['latency_median_ms'], '.0f')} "
+            f"| {_fmt(m['latency_p95_ms'], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_success_vs_time(summaries: list[dict[str, Any]], path: Path, timeout_s: float) -> None:
+    """Success rate against mean completion time of the successful episodes, one point per model
+    (the Fast-WAM paper's Figure 4). Models without a success sit at the timeout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.5), dpi=120)
+    placed: dict[tuple[float, float], int] = {}  # labels of models on the same point are stacked
+    for m in summaries:
+        x = m["mean_completion_time_s"] if m["mean_completion_time_s"] is not None else timeout_s
+        y = 100.0 * (m["success_rate"] or 0.0)
+        marker = "x" if m["model"] == RANDOM_INIT else "o"
+        ax.scatter([x], [y], s=70, marker=marker, zorder=3, label=m["model"])
+        above = placed.get((round(x, 2), round(y, 1)), 0)
+        placed[(round(x, 2), round(y, 1))] = above + 1
+        ax.annotate(m["model"], (x, y), textcoords="offset points", xytext=(-6, 8 + 13 * above), ha="right")
+    ax.set_xlabel("mean completion time of successful episodes (s, simulated)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_xlim(0, timeout_s * 1.05)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Simulated R1 Lite towel fold: success vs completion time")
+    ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def stage_report(
+    s: Settings, models: dict[str, dict[str, Any]], rows: dict[str, list[dict[str, Any]]], total_s: float
+) -> list[dict[str, Any]]:
+    _header(6, "report", f"{s.out / 'results.json'}, report.md, success_vs_time.png")
+    summaries = [summarize(name, models[name], rows[name]) for name in models]
+    timings = {
+        stage: {
+            "status": s.stage_status.get(stage, "ran"),
+            "seconds": round(s.stage_seconds.get(stage, 0.0), 2),
+        }
+        for stage in STAGES
+        if stage != "report"
+    }
+    results = {
+        "settings": {
+            "robot_config": str(s.robot_config),
+            "train_config": str(s.train_config),
+            "demos": s.demos,
+            "train_seeds": [s.train_seed, s.train_seed + s.demos - 1],
+            "variants": list(s.variants),
+            "steps": s.steps,
+            "train_overrides": list(s.train_overrides),
+            "eval_episodes": s.eval_episodes,
+            "eval_seeds": [s.eval_seed, s.eval_seed + s.eval_episodes - 1],
+            "eval_timeout_s": s.eval_timeout_s,
+            "image_size": list(s.image_size),
+            "instruction": s.instruction,
+            "device": s.device,
+        },
+        "stage_timings": timings,
+        "total_seconds": round(total_s, 2),
+        "models": summaries,
+        "episodes": [{"model": name, **row} for name in models for row in rows[name]],
+    }
+    (s.out / "results.json").write_text(json.dumps(results, indent=2))
+    table = report_table(summaries)
+    stage_lines = ["| stage | this run | wall time (s) |", "|---|---|---:|"]
+    for stage, t in timings.items():
+        stage_lines.append(f"| {stage} | {t['status']} | {t['seconds']:.1f} |")
+    stage_lines.append(f"| **total** | | {total_s:.1f} |")
+    report = "\n".join(
+        [
+            "# Simulated R1 Lite towel fold: Fast-WAM end to end",
+            "",
+            f"{s.demos} scripted demos (seeds {s.train_seed}..{s.train_seed + s.demos - 1}), "
+            f"{s.eval_episodes} closed-loop episodes per model on held-out seeds "
+            f"{s.eval_seed}..{s.eval_seed + s.eval_episodes - 1}, timeout {s.eval_timeout_s:g} s of simulated time. "
+            f"Robot config `{s.robot_config}`, training config `{s.train_config}`"
+            + (f", overrides `{' '.join(s.train_overrides)}`" if s.train_overrides else "")
+            + ". Completion time: simulated seconds to the first success (successful episodes only). "
+            "Latency: the policy node's per-chunk total (preprocessing to actions).",
+            "",
+            table,
+            "",
+            "![success vs completion time](success_vs_time.png)",
+            "",
+            "## Wall time per stage (skipped: done by an earlier run)",
+            "",
+            *stage_lines,
+            "",
+        ]
+    )
+    (s.out / "report.md").write_text(report)
+    plot_success_vs_time(summaries, s.out / "success_vs_time.png", s.eval_timeout_s)
+    print(table)
+    return summaries
+
+
+def _timed(s: Settings, stage: str, fn, *args):
+    started = time.monotonic()
+    result = fn(s, *args)
+    s.stage_seconds.setdefault(stage, time.monotonic() - started)
+    return result
+
+
+def preflight(s: Settings) -> None:
+    """The training config's robot and cameras must be the experiment robot config's (the policy
+    node refuses a checkpoint whose layout differs from its robot config)."""
+    from fastwam_training.config import load_config
+
+    s.check()
+    config = load_config(s.train_config, s.trainer_overrides(s.variants[0] if s.variants else "fast_wam"))
+    robot, layout = config.robot_and_cameras()
+    expected = load_robot_config(s.robot_config)
+    try:
+        robot.check_matches(expected.robot)
+    except ValueError as error:
+        raise ValueError(
+            f"--train-config {s.train_config} and --robot-config {s.robot_config}: {error}"
+        ) from None
+    if layout != expected.cameras:
+        raise ValueError(
+            f"--train-config {s.train_config} trains for cameras {layout.to_dict()}, but --robot-config "
+            f"{s.robot_config} has {expected.cameras.to_dict()}: they must be the same"
+        )
+
+
+def run_pipeline(s: Settings, evaluate: bool = True) -> list[dict[str, Any]]:
+    """All stages (evaluate=False: record, convert and train only). Returns the report's rows."""
+    started = time.monotonic()
+    preflight(s)
+    s.out.mkdir(parents=True, exist_ok=True)
+    record = _timed(s, "record", stage_record)
+    convert = _timed(s, "convert", stage_convert, record)
+    trained = _timed(s, "train", stage_train, convert)
+    if not evaluate:
+        return []
+    models = dict(trained)
+    models[RANDOM_INIT] = _timed(s, "random", stage_random, convert)
+    rows = _timed(s, "eval", stage_eval, models)
+    return stage_report(s, models, rows, time.monotonic() - started)
+
+
+def estimate_minutes(s: Settings) -> float:
+    from fastwam_training.config import load_config
+
+    steps = s.steps or load_config(s.train_config, s.trainer_overrides("fast_wam")).train.max_steps
+    return (s.demos * SECONDS_PER_DEMO + len(s.variants) * steps * SECONDS_PER_TRAIN_STEP) / 60.0
+
+
+def prepare_default_checkpoint(out: str | os.PathLike[str], robot_config: str | os.PathLike[str]) -> Path:
+    """The runner's default: the fast_wam checkpoint of this experiment with default settings,
+    produced by the record, convert and train stages when missing."""
+    s = Settings(
+        out=Path(out),
+        robot_config=Path(robot_config),
+        train_config=Path(DEFAULT_TRAIN_CONFIG),
+        variants=("fast_wam",),
+    )
+    s.check()
+    print(
+        f"[run] this takes about {estimate_minutes(s):.0f} minutes on 2 CPU cores: {s.demos} scripted demos "
+        f"in real time, conversion, then training {s.train_config} (progress bars below)",
+        flush=True,
+    )
+    run_pipeline(s, evaluate=False)
+    checkpoint = trained_checkpoint(s.out, "fast_wam")
+    assert checkpoint is not None
+    return checkpoint
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastwam_bringup.sim_experiment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help="experiment directory (default %(default)s)")
+    parser.add_argument(
+        "--robot-config",
+        default=default_config_path(SIM_CONFIG),
+        help="robot config YAML (default %(default)s)",
+    )
+    parser.add_argument(
+        "--train-config", default=DEFAULT_TRAIN_CONFIG, help="training config YAML (default %(default)s)"
+    )
+    parser.add_argument("--demos", type=int, default=30, help="scripted demonstrations to record")
+    parser.add_argument("--train-seed", type=int, default=0, help="first demo seed (towel start pose)")
+    parser.add_argument(
+        "--variants", nargs="+", default=["fast_wam", "no_cotrain"], choices=VARIANTS, help="models to train"
+    )
+    parser.add_argument("--steps", type=int, help="train.max_steps for every variant (default: the config's)")
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra trainer override, repeatable (e.g. model.preset=tiny)",
+    )
+    parser.add_argument("--eval-episodes", type=int, default=10, help="closed-loop episodes per model")
+    parser.add_argument("--eval-seed", type=int, default=100_000, help="first held-out evaluation seed")
+    parser.add_argument("--eval-timeout-s", type=float, default=15.0, help="episode timeout (simulated s)")
+    parser.add_argument("--instruction", default="fold the towel")
+    parser.add_argument("--device", default="cpu", help="policy node device for evaluation")
+    parser.add_argument("--force", action="store_true", help="redo every stage")
+    args = parser.parse_args(argv)
+    return Settings(
+        out=Path(args.out),
+        robot_config=Path(args.robot_config),
+        train_config=Path(args.train_config),
+        demos=args.demos,
+        train_seed=args.train_seed,
+        variants=tuple(args.variants),
+        steps=args.steps,
+        train_overrides=tuple(args.train_override),
+        eval_episodes=args.eval_episodes,
+        eval_seed=args.eval_seed,
+        eval_timeout_s=args.eval_timeout_s,
+        instruction=args.instruction,
+        device=args.device,
+        force=args.force,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv)
+        run_pipeline(settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
