@@ -8,8 +8,16 @@ same seed gives all variants identical weights.
 
     python benchmarks/inference_latency.py --preset small --device cpu --runs 10
     python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16 \
+        --compile cudagraph                                   # CUDA graphs for prefix + action loop
+    python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16 \
         --wan-dir /models/Wan2.2-TI2V-5B-Diffusers          # real frozen components
     python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16  # all random
+
+``--compile`` selects how the cached prefix + action loop run (fast_wam and IDM's action stage):
+none (static loop, eager), cudagraph (captured CUDA graphs; eager replay on CPU) or torch_compile.
+After the timed runs the action chunk of the optimized path is compared with the eager reference
+(``build_action_cache`` + ``sample_actions``, module by module) on the same noise: max abs diff.
+On CUDA the peak allocated memory per variant is reported.
 
 Joint and IDM are the reference imagine-then-execute implementations (a full masked pass over
 [first frame, future video(, actions)] per denoising step, as in the paper's controlled variants).
@@ -26,7 +34,8 @@ import torch
 
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.config import preset
-from fastwam.model import FastWAM, WanComponents, build_random_components
+from fastwam.model import Context, FastWAM, WanComponents, build_random_components
+from fastwam.model.action_loop import COMPILE_MODES
 from fastwam.model.wan import build_tokenizer
 
 # Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
@@ -84,6 +93,48 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+@torch.no_grad()
+def count_flops(model, comp, layout, images, instruction, state, args) -> dict[str, int]:
+    """FLOPs of one call (instruction cached): the VAE encode and the model (prefix + actions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    embeds, mask = comp.encode_text([instruction])
+    ctx = model.with_state(model.encode_instruction(embeds, mask), state)
+    uncond = None
+    if args.cfg_scale != 1.0:
+        ue, um = comp.encode_text([""], template=False)
+        uncond = model.with_state(model.encode_instruction(ue, um), state)
+    with FlopCounterMode(display=False) as vae_counter:
+        # The stock call: the counter does not know the oneDNN conv that encode_video uses on CPU.
+        comp.vae.encode(video.to(next(comp.vae.parameters()).dtype))
+    latents = comp.encode_video(video)
+    with FlopCounterMode(display=False) as model_counter:
+        model.infer(latents, ctx, uncond, generator=torch.Generator(device=model.device).manual_seed(0))
+    return {"vae": vae_counter.get_total_flops(), "model": model_counter.get_total_flops()}
+
+
+@torch.no_grad()
+def optimized_vs_eager(model, comp, layout, images, instruction, state, args) -> float:
+    """Max abs difference of the action chunk: the timed path (static loop, --compile) vs the
+    module-by-module reference (build_action_cache + sample_actions), same inputs, same noise."""
+    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    latents = comp.encode_video(video).to(model.dtype)
+    embeds, mask = comp.encode_text([instruction])
+    ctx = model.with_state(model.encode_instruction(embeds, mask), state)
+    uncond = None
+    if args.cfg_scale != 1.0:
+        ue, um = comp.encode_text([""], template=False)
+        uncond = model.with_state(model.encode_instruction(ue, um), state)
+    gen = torch.Generator(device=model.device)
+    fast, _ = model.infer(latents, ctx, uncond, generator=gen.manual_seed(1))
+    full = ctx if args.cfg_scale == 1.0 else Context.cat([ctx, uncond])
+    prefix = latents if args.cfg_scale == 1.0 else torch.cat([latents, latents])
+    cache = model.build_action_cache(prefix, full)
+    ref = model.sample_actions(cache, 1, cfg_scale=args.cfg_scale, generator=gen.manual_seed(1))
+    return (fast - ref).abs().max().item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=["tiny", "small", "wan22-5b"])
@@ -91,17 +142,25 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--layout", default="r1_lite", help="r1_lite | libero | row:N:HxW")
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=None, help="timed runs (default: 100 on CUDA, 10 on CPU)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", default="fast_wam,joint,idm")
     ap.add_argument("--cfg-scale", type=float, default=1.0)
     ap.add_argument("--wan-dir", default=None, help="Wan2.2-Diffusers directory for the frozen components")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--compile", default="none", choices=list(COMPILE_MODES))
+    ap.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="also count each variant's FLOPs per call (torch FlopCounterMode: matmuls, convs, attention)",
+    )
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.runs is None:
+        args.runs = 100 if device.type == "cuda" else 10
     dtype = getattr(torch, args.dtype)
     layout = layout_from_arg(args.layout)
     variants = args.variants.split(",")
@@ -117,7 +176,8 @@ def main() -> None:
     instruction = "fold the towel"
     print(
         f"preset={args.preset} device={device} dtype={args.dtype} steps={args.steps} "
-        f"composite={layout.height}x{layout.width} runs={args.runs} threads={torch.get_num_threads()}"
+        f"composite={layout.height}x{layout.width} runs={args.runs} threads={torch.get_num_threads()} "
+        f"compile={args.compile}"
     )
     # All variants are built first and run round-robin, so that load from other processes (timing
     # on a shared CPU is noisy) hits them alike.
@@ -125,13 +185,17 @@ def main() -> None:
     for variant in variants:
         torch.manual_seed(0)
         models[variant] = FastWAM(base.replace(variant=variant)).to(device, dtype).eval()
+        models[variant].compile_mode = args.compile
     state = torch.zeros(1, base.state_dim, device=device) if base.state_dim else None
     keys = ("text_encode", "vae_encode", "prefix", "action", "step", "total")
     results: dict[str, dict[str, list[float]]] = {v: {k: [] for k in keys} for v in variants}
+    peak_mib: dict[str, float] = dict.fromkeys(variants, 0.0)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for i in range(args.warmup + args.runs):
             for variant, model in models.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 sync()
                 t0 = time.perf_counter()
                 embeds, mask = comp.encode_text([instruction])
@@ -151,6 +215,9 @@ def main() -> None:
                 )
                 sync()
                 t3 = time.perf_counter()
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    peak_mib[variant] = max(peak_mib[variant], peak)
                 if i < args.warmup:
                     continue
                 times = results[variant]
@@ -166,6 +233,31 @@ def main() -> None:
     for variant, times in results.items():
         cells = [f"{statistics.median(times[c]):10.2f} /{pct(times[c], 95):10.2f}" for c in cols]
         print(f"{variant:<10} " + " ".join(f"{c:>24}" for c in cells))
+    if args.count_flops:
+        print()
+        flops = {}
+        for variant, model in models.items():
+            flops[variant] = count_flops(model, comp, layout, images, instruction, state, args)
+            print(
+                f"{variant:<10} GFLOP per call: vae {flops[variant]['vae'] / 1e9:.2f}, "
+                f"model {flops[variant]['model'] / 1e9:.2f}"
+            )
+        if "fast_wam" in flops:
+            f0 = flops["fast_wam"]
+            for variant, f in flops.items():
+                if variant != "fast_wam":
+                    print(
+                        f"{variant} / fast_wam FLOPs: total {(f['vae'] + f['model']) / (f0['vae'] + f0['model']):.1f}x, "
+                        f"model only {f['model'] / f0['model']:.1f}x"
+                    )
+    if device.type == "cuda":
+        print("\npeak memory allocated (MiB): " + ", ".join(f"{v} {m:.0f}" for v, m in peak_mib.items()))
+    for variant in ("fast_wam", "no_cotrain"):
+        if variant in models:
+            diff = optimized_vs_eager(models[variant], comp, layout, images, instruction, state, args)
+            print(
+                f"{variant} action chunk, optimized ({args.compile}) vs eager reference: max abs diff {diff:.3e}"
+            )
     if "fast_wam" in results:
 
         def model_ms(times):  # the DiTs only: prefix + action phase, per run
