@@ -128,8 +128,8 @@ class ActionLoop:
         self.out = zeros(batch, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
         # Per-step constants (rebuilt when the expert's parameters change).
         self._const_key: tuple | None = None
-        self.mods: torch.Tensor | None = None  # [steps, layers, 6, 1, 1, D] fp32
-        self.head: torch.Tensor | None = None  # [steps, 2, 1, 1, D] fp32 (shift, 1 + scale)
+        self.mods: torch.Tensor | None = None  # [steps, layers, 6, D] fp32
+        self.head: torch.Tensor | None = None  # [steps, 2, D] fp32 (shift, 1 + scale)
         self.dts: torch.Tensor | None = None  # [steps] fp32
         self._prefix_graph = None
         self._loop_graph = None
@@ -159,11 +159,11 @@ class ActionLoop:
             m[:, 1] += 1.0  # 1 + scale
             m[:, 4] += 1.0  # 1 + c_scale
             mods.append(m)
-        self.mods = torch.stack(mods, dim=1).unsqueeze(-2).unsqueeze(-2).contiguous()
+        self.mods = torch.stack(mods, dim=1).contiguous()
         head = ex.scale_shift_table + temb.unsqueeze(1)  # [steps, 2, D]
         head = head.clone()
         head[:, 1] += 1.0
-        self.head = head.unsqueeze(-2).unsqueeze(-2).contiguous()
+        self.head = head.contiguous()
         self.dts = (sig[1:] - sig[:-1]).contiguous()
         self._const_key = key
         # Graphs captured against the old constants are stale (new tensors were allocated).
@@ -173,7 +173,7 @@ class ActionLoop:
 
     # -- the static functions (eager on CPU, captured on CUDA) --------------------------------------
     def _velocity(self, x: torch.Tensor, mods: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """One expert evaluation: x [bb, H, A] fp32, mods [layers, 6, 1, 1, D], head [2, 1, 1, D]."""
+        """One expert evaluation: x [bb, H, A] fp32, mods [layers, 6, D], head [2, D] (fp32)."""
         ex = self.model.expert
         cache = self.cache
         dt = self.model.dtype
@@ -181,10 +181,12 @@ class ActionLoop:
         h = F.linear(x.to(dt), ex.action_in.weight, ex.action_in.bias)
         d = h.shape[-1]
         for layer, blk in enumerate(ex.blocks):
+            # [D] each: one t for every sample, so AdaLN is LayerNorm's own affine (weight 1 + scale,
+            # bias shift): one kernel instead of norm, mul, add.
             shift, scale1, gate, c_shift, c_scale1, c_gate = mods[layer].unbind(0)
             a1, a2 = blk.attn1, blk.attn2
             # Self-attention: modulated norm1 -> q/k/v -> RMS across heads -> RoPE.
-            n = (F.layer_norm(h.float(), (d,), eps=blk.norm1.eps) * scale1 + shift).to(dt)
+            n = F.layer_norm(h.float(), (d,), scale1, shift, blk.norm1.eps).to(dt)
             q = F.rms_norm(F.linear(n, a1.to_q.weight, a1.to_q.bias), a1.norm_q.normalized_shape,
                            a1.norm_q.weight, a1.norm_q.eps)  # fmt: skip
             k = F.rms_norm(F.linear(n, a1.to_k.weight, a1.to_k.bias), a1.norm_k.normalized_shape,
@@ -192,13 +194,13 @@ class ActionLoop:
             vv = F.linear(n, a1.to_v.weight, a1.to_v.bias)
             q = q.unflatten(2, (a1.heads, -1))  # [bb, H, heads, hd]
             k = k.unflatten(2, (a1.heads, -1))
-            q = (q * self.rope_c + pair_swap(q) * self.rope_s).to(dt).transpose(1, 2)
-            k = (k * self.rope_c + pair_swap(k) * self.rope_s).to(dt)
+            q = torch.addcmul(q * self.rope_c, pair_swap(q), self.rope_s).to(dt).transpose(1, 2)
+            k = torch.addcmul(k * self.rope_c, pair_swap(k), self.rope_s).to(dt)
             cache.k[layer][:, :, n0:].copy_(k.transpose(1, 2))
             cache.v[layer][:, :, n0:].copy_(vv.unflatten(2, (a1.heads, -1)).transpose(1, 2))
             o = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer])  # no mask needed
             o = F.linear(o.transpose(1, 2).flatten(2).to(dt), a1.to_out[0].weight, a1.to_out[0].bias)
-            h = (h.float() + o * gate).to(dt)
+            h = torch.addcmul(h.float(), o, gate).to(dt)
             # Cross-attention to [instruction; state] (static K/V).
             n2 = blk.norm2
             n = F.layer_norm(h.float(), (d,), n2.weight.float(), n2.bias.float(), n2.eps).to(dt)
@@ -209,13 +211,13 @@ class ActionLoop:
             o = F.linear(o.transpose(1, 2).flatten(2).to(dt), a2.to_out[0].weight, a2.to_out[0].bias)
             h = h + o
             # Modulated FFN.
-            n = (F.layer_norm(h.float(), (d,), eps=blk.norm3.eps) * c_scale1 + c_shift).to(dt)
+            n = F.layer_norm(h.float(), (d,), c_scale1, c_shift, blk.norm3.eps).to(dt)
             ff = blk.ffn.net
             f = F.gelu(F.linear(n, ff[0].proj.weight, ff[0].proj.bias), approximate="tanh")
             f = F.linear(f, ff[2].weight, ff[2].bias)
-            h = (h.float() + f.float() * c_gate).to(dt)
+            h = torch.addcmul(h.float(), f.float(), c_gate).to(dt)
         shift, scale1 = head.unbind(0)
-        h = (F.layer_norm(h.float(), (d,), eps=ex.norm_out.eps) * scale1 + shift).to(dt)
+        h = F.layer_norm(h.float(), (d,), scale1, shift, ex.norm_out.eps).to(dt)
         return F.linear(h, ex.proj_out.weight, ex.proj_out.bias).float()
 
     def _step(
