@@ -86,6 +86,18 @@ def test_capture_modes_give_the_same_actions_as_the_static_eager_loop():
 
 
 @torch.no_grad()
+def test_torch_compile_mode_equals_the_eager_path():
+    """Inductor on CPU (reduce-overhead CUDA graphs on CUDA): compiled per-step function."""
+    model = _model()
+    text = _instruction(model, 1)
+    for obs_seed in (20, 21):
+        first, state = _observation(model, obs_seed)
+        _check(model, "torch_compile", first, state, text, 1.0, seed=4, what=f"observation {obs_seed}")
+    loop = next(iter(model._action_loops.values()))
+    assert loop.mode == "torch_compile" and loop._compiled_step is not None  # compiled, no fallback
+
+
+@torch.no_grad()
 def test_loop_follows_weight_updates():
     """The per-step modulation is precomputed: an in-place weight change must be picked up."""
     model = _model()
