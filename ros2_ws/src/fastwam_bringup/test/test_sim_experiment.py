@@ -1,0 +1,168 @@
+"""The simulation experiment end to end, reduced: 2 scripted demos through the recorder node, the
+converter, the trainer (a subprocess, tiny preset via overrides), a random-init baseline, one
+closed-loop episode per model through the policy node, the report; then a re-run that skips every
+stage. Real processes and nodes, no mocks. The robot and training configs are written here so the
+test does not depend on the shipped experiment configs' tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy is not installed")
+pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scripts/bootstrap.sh)")
+pytest.importorskip("fastwam_training", reason="training/ is not on PYTHONPATH (source scripts/env.sh)")
+pytest.importorskip("matplotlib", reason="matplotlib is not installed (scripts/bootstrap.sh)")
+
+from fastwam.checkpoint import load_checkpoint
+from fastwam.data.lerobot import LeRobotDataset
+from fastwam.robot_config import load_robot_config
+from fastwam_bringup import sim_experiment
+
+pytestmark = pytest.mark.ros
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+SMALL_LAYOUT = """
+extends: r1_lite.yaml
+cameras:
+  rows:
+    - [{key: head, height: 128, width: 160}]
+    - [{key: wrist_left, height: 64, width: 80}, {key: wrist_right, height: 64, width: 80}]
+"""
+TRAIN_CONFIG = """
+name: sim_experiment_test
+seed: 0
+robot_config: {robot_config}
+model: {{preset: small, variant: fast_wam}}
+data:
+  cameras: {{head: observation.images.head, wrist_left: observation.images.wrist_left, wrist_right: observation.images.wrist_right}}
+  video_stride: 4
+  val_episodes: 0
+  normalization: {{action: quantile, state: quantile}}
+  num_workers: 0
+cache: {{text: true, latents: true, latent_stride: 4, batch_size: 8}}
+train: {{max_steps: 1000, batch_size: 4, lr: 1.0e-3, warmup_steps: 5}}
+checkpoint: {{every: 1000, keep_last: 1, resume: latest}}
+logging: {{every: 10, tensorboard: false, progress: true}}
+validation: {{every: 0}}
+"""
+STEPS = 30
+
+
+def _configs(tmp_path: Path) -> tuple[Path, Path]:
+    robot = tmp_path / "configs" / "r1_lite_sim_test.yaml"
+    robot.parent.mkdir()
+    shutil.copy(CONFIG_DIR / "r1_lite.yaml", robot.parent / "r1_lite.yaml")
+    robot.write_text(SMALL_LAYOUT)
+    train = tmp_path / "configs" / "train.yaml"
+    train.write_text(TRAIN_CONFIG.format(robot_config=robot))
+    return robot, train
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    command = [sys.executable, "-m", "fastwam_bringup.sim_experiment", *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
+    robot, train = _configs(tmp_path)
+    out = tmp_path / "experiment"
+    argv = [
+        "--out", str(out), "--robot-config", str(robot), "--train-config", str(train),
+        "--demos", "2", "--train-seed", "0", "--variants", "fast_wam", "--steps", str(STEPS),
+        "--train-override", "model.preset=tiny", "--train-override", "model.overrides={action_horizon: 32}",
+        "--eval-episodes", "1", "--eval-seed", "1000", "--eval-timeout-s", "2",
+    ]  # fmt: skip
+    first = _run(argv)
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-6000:]
+    for stage in range(1, 7):
+        assert f"== [{stage}/6]" in first.stdout, first.stdout
+
+    # record: one bag per demo, labelled a success
+    bags = sorted(p for p in (out / "bags").iterdir() if p.is_dir())
+    assert len(bags) == 2 and all(list(b.glob("*.mcap")) for b in bags), bags
+    labels = [json.loads((b / "episode.json").read_text())["task_success"] for b in bags]
+    assert labels == [True, True]
+
+    # convert: both demos as episodes, cameras at the layout size
+    dataset = LeRobotDataset(out / "dataset")
+    assert dataset.episode_indices == [0, 1]
+    assert dataset.total_frames > 2 * 100  # ~10 s demos at 15 Hz
+    assert dataset.feature("observation.images.head")["shape"][:2] == [128, 160]
+
+    # train + random: checkpoints load strictly, for this robot config, with the dataset's statistics
+    config = load_robot_config(robot)
+    trained = sim_experiment.trained_checkpoint(out, "fast_wam")
+    assert trained is not None and trained.parent.name == f"step_{STEPS:07d}"
+    loaded = {name: load_checkpoint(path) for name, path in [("fast_wam", trained), ("random_init", out / "random_init" / "model")]}  # fmt: skip
+    for checkpoint in loaded.values():
+        assert checkpoint.camera_layout == config.cameras
+        checkpoint.robot.check_matches(config.robot)
+        assert checkpoint.action_horizon == 32
+    assert loaded["fast_wam"].stats.to_dict() == loaded["random_init"].stats.to_dict()
+    assert loaded["fast_wam"].extra["step"] == STEPS and loaded["random_init"].extra["step"] == 0
+    trained_weights = loaded["fast_wam"].model.state_dict()
+    random_weights = loaded["random_init"].model.state_dict()
+    assert trained_weights.keys() == random_weights.keys()
+    assert any(not (trained_weights[k] == random_weights[k]).all() for k in trained_weights)
+
+    # eval + report: one held-out episode per model, in results.json, report.md and the plot
+    results = json.loads((out / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == ["fast_wam", "random_init"]
+    assert [(r["model"], r["seed"]) for r in results["episodes"]] == [
+        ("fast_wam", 1000),
+        ("random_init", 1000),
+    ]
+    for row in results["episodes"]:
+        assert 0.0 < row["duration_s"] <= 2.5 and 0.0 <= row["progress"] <= 1.0
+        assert isinstance(row["chunk_latencies_ms"], list) and row["commands"] >= 0
+    assert set(results["stage_timings"]) == {"record", "convert", "train", "random", "eval"}
+    assert all(t["status"] == "ran" for t in results["stage_timings"].values()), results["stage_timings"]
+    report = (out / "report.md").read_text()
+    assert f"| fast_wam | {STEPS} | " in report and "| random_init | 0 | " in report, report
+    assert "| **total** |" in report
+    assert (out / "success_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the runner's default checkpoint is this experiment's fast_wam model
+    from fastwam_bringup.run import parse_args, resolve_checkpoint
+
+    args = parse_args(["--robot-config", str(robot), "--experiment-dir", str(out)])
+    assert resolve_checkpoint(args, config, str(tmp_path)) == str(trained)
+
+    # a re-run with the same settings redoes nothing
+    bag_files = {p: p.stat().st_mtime_ns for p in (out / "bags").rglob("*") if p.is_file()}
+    second = _run(argv)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
+    assert second.stdout.count("skipped") >= 4, second.stdout  # record, convert, train, random
+    rerun = json.loads((out / "results.json").read_text())
+    assert all(t["status"] == "skipped" for t in rerun["stage_timings"].values()), rerun["stage_timings"]
+    assert rerun["episodes"] == results["episodes"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "bags").rglob("*") if p.is_file()} == bag_files
+
+
+def test_overlapping_evaluation_seeds_are_refused(tmp_path):
+    robot, train = _configs(tmp_path)
+    settings = sim_experiment.parse_args(
+        ["--out", str(tmp_path / "x"), "--robot-config", str(robot), "--train-config", str(train),
+         "--demos", "5", "--eval-seed", "3"]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"evaluation seeds 3\.\.12 overlap the training seeds 0\.\.4"):
+        settings.check()
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_config_for_other_cameras_is_refused(tmp_path):
+    robot, train = _configs(tmp_path)
+    settings = sim_experiment.parse_args(
+        ["--out", str(tmp_path / "x"), "--robot-config", str(CONFIG_DIR / "r1_lite.yaml"),
+         "--train-config", str(train)]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="trains for cameras"):
+        sim_experiment.preflight(settings)
