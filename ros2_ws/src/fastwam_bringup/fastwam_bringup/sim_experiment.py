@@ -42,7 +42,7 @@ from fastwam.robot_config import load_robot_config
 from fastwam_bringup.run import SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path
 
 DEFAULT_OUT = "runs/sim_towel_fold"
-DEFAULT_TRAIN_CONFIG = "training/configs/sim_towel_fold.yaml"  # relative to the repository root
+TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
 VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
 RANDOM_INIT = "random_init"
 STAGES = ("record", "convert", "train", "random", "eval", "report")
@@ -50,6 +50,15 @@ STAGES = ("record", "convert", "train", "random", "eval", "report")
 # the small preset on 2 busy CPU cores: for the time estimate printed before the run.
 SECONDS_PER_DEMO = 14.0
 SECONDS_PER_TRAIN_STEP = 0.5
+
+
+def default_train_config() -> Path:
+    """training/configs/sim_towel_fold.yaml under the working directory (the scripts run from the
+    repository root), else in the repository this package's sources live in (a symlink install)."""
+    if TRAIN_CONFIG.is_file():
+        return TRAIN_CONFIG
+    beside = Path(__file__).resolve().parents[4] / TRAIN_CONFIG  # <repo>/ros2_ws/src/<pkg>/<pkg>/
+    return beside if beside.is_file() else TRAIN_CONFIG
 
 
 @dataclass
@@ -636,7 +645,7 @@ def prepare_default_checkpoint(out: str | os.PathLike[str], robot_config: str | 
     s = Settings(
         out=Path(out),
         robot_config=Path(robot_config),
-        train_config=Path(DEFAULT_TRAIN_CONFIG),
+        train_config=default_train_config(),
         variants=("fast_wam",),
     )
     s.check()
@@ -664,7 +673,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="robot config YAML (default %(default)s)",
     )
     parser.add_argument(
-        "--train-config", default=DEFAULT_TRAIN_CONFIG, help="training config YAML (default %(default)s)"
+        "--train-config",
+        default=str(default_train_config()),
+        help="training config YAML (default %(default)s)",
     )
     parser.add_argument("--demos", type=int, default=30, help="scripted demonstrations to record")
     parser.add_argument("--train-seed", type=int, default=0, help="first demo seed (towel start pose)")
