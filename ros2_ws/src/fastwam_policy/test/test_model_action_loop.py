@@ -98,6 +98,23 @@ def test_torch_compile_mode_equals_the_eager_path():
 
 
 @torch.no_grad()
+def test_bfloat16_loop_stays_within_bfloat16_rounding_of_the_eager_path():
+    model = _model().to(torch.bfloat16)
+    first, state = _observation(model, 9)
+    cond = model.with_state(_instruction(model, 1)[0], state)
+    got, _ = model.infer(first, cond, generator=torch.Generator().manual_seed(0), compile="cudagraph")
+    ref = model.sample_actions(
+        model.build_action_cache(first.to(torch.bfloat16), cond),
+        B,
+        generator=torch.Generator().manual_seed(0),
+    )
+    diff, scale = (got - ref).abs().max().item(), ref.abs().max().item()
+    assert diff <= 1e-2 * max(1.0, scale), (
+        f"bf16 optimized vs eager max abs diff {diff:.3e} (|ref| {scale:.2f})"
+    )
+
+
+@torch.no_grad()
 def test_loop_follows_weight_updates():
     """The per-step modulation is precomputed: an in-place weight change must be picked up."""
     model = _model()

@@ -160,10 +160,9 @@ class ActionLoop:
             m[:, 4] += 1.0  # 1 + c_scale
             mods.append(m)
         self.mods = torch.stack(mods, dim=1).contiguous()
-        head = ex.scale_shift_table + temb.unsqueeze(1)  # [steps, 2, D]
-        head = head.clone()
-        head[:, 1] += 1.0
-        self.head = head.contiguous()
+        # Output head, in the model dtype as in FastWAM._action_out (1 + scale rounded there too).
+        shift, scale = (ex.scale_shift_table + temb.unsqueeze(1)).unbind(1)  # [steps, D] each
+        self.head = torch.stack([shift, 1 + scale], dim=1).float().contiguous()
         self.dts = (sig[1:] - sig[:-1]).contiguous()
         self._const_key = key
         # Graphs captured against the old constants are stale (new tensors were allocated).
