@@ -123,11 +123,14 @@ class Settings:
     def trainer_overrides(self, variant: str) -> list[str]:
         """The key=value overrides every training run (and the random baseline's model) gets."""
         out = self.out.resolve()
+        # Variants of one model configuration share the text and VAE latent caches; another
+        # configuration (preset, encoders) gets its own, as the trainer refuses a foreign cache.
+        cache_key = _digest([_file_digest(self.train_config), sorted(self.train_overrides)])
         overrides = [
             f"data.root={out / 'dataset'}",
             f"output_dir={out / 'train' / variant}",
             f"model.variant={variant}",
-            f"cache.dir={out / 'cache'}",
+            f"cache.dir={out / 'cache' / cache_key}",
         ]
         if self.steps is not None:
             overrides.append(f"train.max_steps={self.steps}")
