@@ -468,7 +468,10 @@ def summarize(name: str, model: dict[str, Any], rows: list[dict[str, Any]]) -> d
         "mean_completion_time_s": statistics.fmean(times) if times else None,
         "latency_median_ms": statistics.median(latencies) if latencies else None,
         "latency_p95_ms": _percentile(latencies, 0.95),
-        "chunks": len(latencies),
+        # Latencies are of the chunks the policy node applied; a chunk that arrived too late to
+        # use is discarded unpublished, counted only in chunks_predicted.
+        "chunks_applied": len(latencies),
+        "chunks_predicted": sum(r["chunks_predicted"] for r in rows),
     }
 
 
@@ -478,15 +481,16 @@ def _fmt(value: float | None, spec: str, unit: str = "") -> str:
 
 def report_table(summaries: list[dict[str, Any]]) -> str:
     lines = [
-        "| variant | training steps | success | success % | mean completion time (s) | latency median (ms) | latency p95 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | training steps | success | success % | mean completion time (s) | latency median (ms) "
+        "| latency p95 (ms) | chunks applied / predicted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in summaries:
         rate = None if m["success_rate"] is None else 100.0 * m["success_rate"]
         lines.append(
             f"| {m['model']} | {m['training_steps']} | {m['successes']}/{m['episodes']} | {_fmt(rate, '.0f', ' %')} "
             f"| {_fmt(m['mean_completion_time_s'], '.1f')} | {_fmt(m['latency_median_ms'], '.0f')} "
-            f"| {_fmt(m['latency_p95_ms'], '.0f')} |"
+            f"| {_fmt(m['latency_p95_ms'], '.0f')} | {m['chunks_applied']} / {m['chunks_predicted']} |"
         )
     return "\n".join(lines)
 
