@@ -16,7 +16,10 @@ Inference (``infer``):
 * fast_wam / no_cotrain: one video pass over the clean first-frame latents (t = 0, no mask: the
   first frame sees only itself) fills per-layer K/V buffers ``[B, heads, N_prefix + H, head_dim]``;
   each of the N Euler steps runs only the action expert, writes its K/V into the buffer tail and
-  attends to the whole buffer (no mask: actions see first frame + actions).
+  attends to the whole buffer (no mask: actions see first frame + actions). ``infer`` runs this
+  as a static ``ActionLoop`` (``fastwam.model.action_loop``: per-step modulation precomputed,
+  preallocated buffers, optional CUDA graphs / torch.compile); ``build_action_cache`` +
+  ``sample_actions`` are the eager reference it is tested against.
 * joint: each step runs the full masked MoT over [first frame, noisy future video, noisy actions]
   and updates video and actions together (the imagine-then-execute reference: no caching).
 * idm: N steps of masked video-only denoising of the future frames, then a prefix pass over
