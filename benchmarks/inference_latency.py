@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fastwam.camera import CameraLayout, composite_to_tensor
-from fastwam.config import preset
+from fastwam.config import PRESETS, preset
 from fastwam.model import Context, FastWAM, WanComponents, build_random_components
 from fastwam.model.action_loop import COMPILE_MODES
 from fastwam.model.wan import build_tokenizer
@@ -137,7 +137,7 @@ def optimized_vs_eager(model, comp, layout, images, instruction, state, args) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=["tiny", "small", "wan22-5b"])
+    ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--steps", type=int, default=10)
