@@ -46,6 +46,8 @@ DEFAULT_EXPERIMENT_DIR = "runs/sim_towel_fold"
 # policy's layout is at most 256x320 per view, so 480x640 renders would only cost 4x the CPU.
 SIM_IMAGE_SIZE = (240, 320)
 RANDOM_CHECKPOINT = "random"
+# Towel start poses: demonstrations use seeds from 0, evaluation seeds from here (held out).
+EVAL_SEED = 100_000
 QUIET_LOGGERS = ("fastwam_policy", "sim_robot", "recorder", "fastwam_run_monitor")  # node names
 _STATE_NAMES = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
 
@@ -98,7 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scripted-teleop", action="store_true", help="the sim's scripted teleoperator drives; no policy"
     )
     parser.add_argument("--episodes", type=int, default=1, help="scripted episodes (with --scripted-teleop)")
-    parser.add_argument("--seed", type=int, default=0, help="towel start pose seed (episode i: seed + i)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"towel start pose seed (episode i: seed + i); default 0 with --scripted-teleop (the "
+        f"demonstrations' poses), else {EVAL_SEED} (held out from them)",
+    )
     parser.add_argument("--record", default="", help="record episodes into this directory (recorder node)")
     parser.add_argument(
         "--image-size",
@@ -464,6 +472,8 @@ def resolve_checkpoint(args: argparse.Namespace, config, tmp: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = load_robot_config(args.robot_config)
+    if args.seed is None:
+        args.seed = 0 if args.scripted_teleop else EVAL_SEED
     tmp = tempfile.TemporaryDirectory(prefix="fastwam_run_")
     comp = None
     try:

@@ -39,7 +39,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fastwam.robot_config import load_robot_config
-from fastwam_bringup.run import SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path
+from fastwam_bringup.run import EVAL_SEED, SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path
 
 DEFAULT_OUT = "runs/sim_towel_fold"
 TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
@@ -72,7 +72,7 @@ class Settings:
     steps: int | None = None  # train.max_steps override
     train_overrides: tuple[str, ...] = ()
     eval_episodes: int = 10
-    eval_seed: int = 100_000
+    eval_seed: int = EVAL_SEED
     eval_timeout_s: float = 15.0
     instruction: str = "fold the towel"
     image_size: tuple[int, int] = SIM_IMAGE_SIZE
@@ -698,7 +698,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="extra trainer override, repeatable (e.g. model.preset=tiny)",
     )
     parser.add_argument("--eval-episodes", type=int, default=10, help="closed-loop episodes per model")
-    parser.add_argument("--eval-seed", type=int, default=100_000, help="first held-out evaluation seed")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="first held-out evaluation seed")
     parser.add_argument("--eval-timeout-s", type=float, default=15.0, help="episode timeout (simulated s)")
     parser.add_argument("--instruction", default="fold the towel")
     parser.add_argument("--device", default="cpu", help="policy node device for evaluation")
