@@ -5,7 +5,10 @@ sensor_msgs/CompressedImage camera streams (480x640 unless image_height / image_
 otherwise, BEST_EFFORT) and sensor_msgs/JointState
 feedback per joint group (names filled, BEST_EFFORT). Follows the /motion_target command topics
 (JointState: arm position targets with per-joint velocity caps in `velocity`, gripper position[0]).
-The simulation runs in real time on the node's clock.
+The simulation runs in real time on the node's clock, or `time_scale` times faster (scripted
+teleoperation only): every timer fires time_scale times as often in wall time, physics advances
+time_scale x the wall dt, and every header stamp comes from one simulated clock (the node's ROS time
+at start + time_scale x elapsed wall time), so a recording holds the same data as a real-time one.
 
 Scoring: ~/task_success (std_msgs/Bool: the towel is folded now), ~/progress (std_msgs/Float32,
 0 flat .. 1 folded) and ~/episode (std_msgs/String, JSON: seed, towel pose, time, success) at 2 Hz
@@ -33,6 +36,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import Bool, Float32, String
 
@@ -93,8 +97,28 @@ class SimRobotNode(Node):
         image_width = int(
             p("image_width", 640, ParameterDescriptor(description="camera image width (px)")).value
         )
+        self.time_scale = float(
+            p(
+                "time_scale",
+                1.0,
+                ParameterDescriptor(
+                    description="simulated seconds per wall second (scripted teleop only; policies run at 1)"
+                ),
+            ).value
+        )
         if not config_path:
             raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
+        if not self.time_scale > 0:
+            raise ValueError(f"parameter time_scale must be positive, got {self.time_scale}")
+        if self.time_scale != 1.0 and not self.scripted:
+            # A policy's inference latency is wall-clock time: run faster and it looks slower.
+            raise ValueError(
+                f"parameter time_scale={self.time_scale:g} needs scripted_teleop: policy-driven episodes "
+                "run in real time (inference latency is wall-clock time)"
+            )
+        # One simulated clock for every stamp: ROS time at start + time_scale x elapsed wall time.
+        self._clock_origin_ns = self.get_clock().now().nanoseconds
+        self._wall_origin_ns = time.monotonic_ns()
         for name, value in (
             ("camera_rate_hz", camera_rate_hz),
             ("joint_rate_hz", joint_rate_hz),
@@ -139,7 +163,7 @@ class SimRobotNode(Node):
                 g: self.create_publisher(JointState, topics.command[g], TELEOP_QOS)
                 for g in self.spec.action_groups
             }
-            self.create_timer(1.0 / self.config.control.rate_hz, self._on_teleop)
+            self.create_timer(self._period(self.config.control.rate_hz), self._on_teleop)
         self.start_client = self.stop_client = None
         if self.recorder_name:
             self.start_client = self.create_client(StartEpisode, f"{self.recorder_name}/start_episode")
@@ -158,15 +182,32 @@ class SimRobotNode(Node):
         self._last_step = time.monotonic()
         # Rendering and JPEG encoding (tens of ms) must not delay joint feedback or physics: each
         # output has its own callback group; the environment itself is guarded by one lock.
-        self.create_timer(1.0 / physics_rate_hz, self._on_physics)
-        self.create_timer(1.0 / camera_rate_hz, self._on_cameras, MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0 / joint_rate_hz, self._on_joints, MutuallyExclusiveCallbackGroup())
-        self.create_timer(0.5, self._publish_score)
+        self.create_timer(self._period(physics_rate_hz), self._on_physics)
+        self.create_timer(self._period(camera_rate_hz), self._on_cameras, MutuallyExclusiveCallbackGroup())
+        self.create_timer(self._period(joint_rate_hz), self._on_joints, MutuallyExclusiveCallbackGroup())
+        self.create_timer(self._period(2.0), self._publish_score)
         mode = "scripted teleop" if self.scripted else "following /motion_target"
+        if self.time_scale != 1.0:
+            mode += f" at {self.time_scale:g}x real time"
         self.get_logger().info(
             f"simulated {self.spec.name}: {mode}, seed {self.seed}, cameras {image_height}x{image_width} "
             f"at {camera_rate_hz:g} Hz, "
             f"joints {joint_rate_hz:g} Hz, config {config_path}"
+        )
+
+    # -- simulated clock ------------------------------------------------------------------------------
+    def _period(self, rate_hz: float) -> float:
+        """Wall-clock timer period of an output at rate_hz simulated."""
+        return 1.0 / (rate_hz * self.time_scale)
+
+    def sim_now(self) -> Time:
+        """The simulated clock every published stamp comes from (the node's clock at 1x)."""
+        if self.time_scale == 1.0:
+            return self.get_clock().now()
+        elapsed_ns = time.monotonic_ns() - self._wall_origin_ns
+        return Time(
+            nanoseconds=self._clock_origin_ns + int(elapsed_ns * self.time_scale),
+            clock_type=self.get_clock().clock_type,
         )
 
     # -- episodes -------------------------------------------------------------------------------------
@@ -275,7 +316,7 @@ class SimRobotNode(Node):
                 self.end_episode()
             return
         action = self._folder.action(max(t, 0.0))
-        stamp = self.get_clock().now().to_msg()
+        stamp = self.sim_now().to_msg()
         for group, values in self.spec.split(action, self.spec.action_groups).items():
             msg = JointState()
             msg.header.stamp = stamp
@@ -289,7 +330,7 @@ class SimRobotNode(Node):
     def _on_physics(self) -> None:
         now = time.monotonic()
         # Bounded so a stalled process resumes smoothly instead of jumping.
-        elapsed = min(now - self._last_step, 0.1)
+        elapsed = min(now - self._last_step, 0.1) * self.time_scale
         self._last_step = now
         if elapsed <= 0 or self.finished or self._ending:
             return
@@ -311,7 +352,7 @@ class SimRobotNode(Node):
 
     def _on_cameras(self) -> None:
         with self.lock:
-            stamp = self.get_clock().now().to_msg()
+            stamp = self.sim_now().to_msg()
             images = self.env.render()
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         for key, pub in self.camera_pubs.items():
@@ -328,7 +369,7 @@ class SimRobotNode(Node):
 
     def _on_joints(self) -> None:
         with self.lock:
-            stamp = self.get_clock().now().to_msg()
+            stamp = self.sim_now().to_msg()
             state = {g: (self.env.positions(g), self.env.velocities(g)) for g in self.feedback_pubs}
         for group, pub in self.feedback_pubs.items():
             msg = JointState()
