@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--record", default="", help="record episodes into this directory (recorder node)")
     parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="with --scripted-teleop: run the simulated robot this many times faster than real time "
+        "(recordings hold the same frames and stamps; --duration stays wall-clock seconds)",
+    )
+    parser.add_argument(
         "--image-size",
         type=_image_size,
         default=SIM_IMAGE_SIZE,
@@ -119,7 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--require-success", action="store_true", help="exit 1 unless every episode reached success"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.time_scale > 0:
+        parser.error(f"--time-scale must be positive, got {args.time_scale:g}")
+    if args.time_scale != 1.0 and not args.scripted_teleop:
+        parser.error("--time-scale needs --scripted-teleop: policy episodes run in real time")
+    return args
 
 
 class Monitor:
@@ -237,6 +249,7 @@ def add_sim(
     instruction: str = "fold the towel",
     image_size: tuple[int, int] = SIM_IMAGE_SIZE,
     episode_timeout_s: float = 0.0,
+    time_scale: float = 1.0,
 ):
     from fastwam_policy.sim_robot_node import SimRobotNode
 
@@ -253,6 +266,7 @@ def add_sim(
                 Parameter("episode_timeout_s", value=float(episode_timeout_s)),
                 Parameter("image_height", value=int(image_size[0])),
                 Parameter("image_width", value=int(image_size[1])),
+                Parameter("time_scale", value=float(time_scale)),
             ],
         )
     )
@@ -324,19 +338,23 @@ def record_scripted_episodes(
     image_size: tuple[int, int] = SIM_IMAGE_SIZE,
     on_episode: Callable[[object], None] | None = None,
     quiet: bool = True,
+    time_scale: float = 1.0,
 ) -> list:
     """Record `episodes` scripted demonstrations (seeds seed .. seed + episodes - 1) through the
-    recorder node into output_dir, in real time. Returns the sim's EpisodeResult per episode
+    recorder node into output_dir, the simulated robot running time_scale times faster than real
+    time (the bags hold the same frames and header stamps as at 1x). Returns the sim's EpisodeResult per episode
     (success label, `recorded` = the recorder's episode name); on_episode is called after each."""
     from fastwam.sim import ScriptedFolder, TowelFoldEnv
 
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if not time_scale > 0:
+        raise ValueError(f"time_scale must be positive, got {time_scale}")
     config = load_robot_config(robot_config)
     folder = ScriptedFolder(TowelFoldEnv(config.robot, config.cameras.keys))
     # Generous: each episode lasts ~folder.duration + 1.5 s of sim time, which a loaded machine
     # stretches (physics steps are capped at 0.1 s of wall time).
-    timeout_s = episodes * (3.0 * folder.duration + 20.0) + 30.0
+    timeout_s = episodes * (3.0 * folder.duration / time_scale + 20.0) + 30.0
     with Composition(quiet=quiet) as comp:
         add_recorder(comp, str(robot_config), output_dir, instruction)
         sim = add_sim(
@@ -348,6 +366,7 @@ def record_scripted_episodes(
             recorder="/recorder",
             instruction=instruction,
             image_size=image_size,
+            time_scale=time_scale,
         )
         reported = 0
 
@@ -498,6 +517,7 @@ def run(args: argparse.Namespace) -> int:
             recorder="/recorder" if recorder is not None else "",
             instruction=args.instruction,
             image_size=args.image_size,
+            time_scale=args.time_scale,
         )
         mode = (
             "scripted teleop" if args.scripted_teleop else ("policy, dry run" if args.dry_run else "policy")
