@@ -329,8 +329,10 @@ class SimRobotNode(Node):
     # -- simulation and outputs -----------------------------------------------------------------------
     def _on_physics(self) -> None:
         now = time.monotonic()
-        # Bounded so a stalled process resumes smoothly instead of jumping.
-        elapsed = min(now - self._last_step, 0.1) * self.time_scale
+        # Bounded so a stalled process resumes smoothly instead of jumping. Faster than real time a
+        # stall loses time_scale x as much simulated time, and the stamps' clock does not pause:
+        # up to 1 s of simulated time is caught up so the physics stays in step with the stamps.
+        elapsed = min((now - self._last_step) * self.time_scale, 0.1 if self.time_scale == 1.0 else 1.0)
         self._last_step = now
         if elapsed <= 0 or self.finished or self._ending:
             return
