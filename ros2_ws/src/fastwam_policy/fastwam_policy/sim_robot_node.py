@@ -116,9 +116,6 @@ class SimRobotNode(Node):
                 f"parameter time_scale={self.time_scale:g} needs scripted_teleop: policy-driven episodes "
                 "run in real time (inference latency is wall-clock time)"
             )
-        # One simulated clock for every stamp: ROS time at start + time_scale x elapsed wall time.
-        self._clock_origin_ns = self.get_clock().now().nanoseconds
-        self._wall_origin_ns = time.monotonic_ns()
         for name, value in (
             ("camera_rate_hz", camera_rate_hz),
             ("joint_rate_hz", joint_rate_hz),
@@ -180,10 +177,19 @@ class SimRobotNode(Node):
         self._start_episode(self.seed)
 
         self._last_step = time.monotonic()
+        # The simulated clock (time_scale != 1) every stamp comes from: ROS time at start + time_scale
+        # x elapsed wall time, except that it waits for a camera frame that is due (the executor was
+        # stalled): the simulation slows down instead of losing frames. Frames are stamped on the
+        # camera's grid, the first one period after start, as the camera timer's first tick.
+        self._clock_lock = threading.Lock()
+        self._frame_ns = int(round(1e9 / camera_rate_hz))
+        self._base_sim_ns = self._last_sim_ns = self.get_clock().now().nanoseconds
+        self._base_wall_ns = time.monotonic_ns()
+        self._next_frame_ns = self._base_sim_ns + self._frame_ns
         # Rendering and JPEG encoding (tens of ms) must not delay joint feedback or physics: each
         # output has its own callback group; the environment itself is guarded by one lock.
-        self.create_timer(self._period(physics_rate_hz), self._on_physics)
         self.create_timer(self._period(camera_rate_hz), self._on_cameras, MutuallyExclusiveCallbackGroup())
+        self.create_timer(self._period(physics_rate_hz), self._on_physics)
         self.create_timer(self._period(joint_rate_hz), self._on_joints, MutuallyExclusiveCallbackGroup())
         self.create_timer(self._period(2.0), self._publish_score)
         mode = "scripted teleop" if self.scripted else "following /motion_target"
@@ -204,11 +210,26 @@ class SimRobotNode(Node):
         """The simulated clock every published stamp comes from (the node's clock at 1x)."""
         if self.time_scale == 1.0:
             return self.get_clock().now()
-        elapsed_ns = time.monotonic_ns() - self._wall_origin_ns
-        return Time(
-            nanoseconds=self._clock_origin_ns + int(elapsed_ns * self.time_scale),
-            clock_type=self.get_clock().clock_type,
-        )
+        with self._clock_lock:
+            wall = time.monotonic_ns()
+            now = self._base_sim_ns + int((wall - self._base_wall_ns) * self.time_scale)
+            hold = self._next_frame_ns + self._frame_ns // 2  # slack for the camera timer's latency
+            if now > hold:  # a frame is overdue: the clock waits for it (monotonic: re-based here)
+                now = self._base_sim_ns = hold
+                self._base_wall_ns = wall
+            return Time(nanoseconds=now, clock_type=self.get_clock().clock_type)
+
+    def _frame_stamp(self):
+        """The stamp of the camera frame to publish now, or None when none is due yet."""
+        if self.time_scale == 1.0:
+            return self.get_clock().now().to_msg()
+        now = self.sim_now().nanoseconds
+        with self._clock_lock:
+            due = self._next_frame_ns
+            if now < due - self._frame_ns // 4:  # the timer ticked early on the simulated grid
+                return None
+            self._next_frame_ns = due + self._frame_ns
+        return Time(nanoseconds=due, clock_type=self.get_clock().clock_type).to_msg()
 
     # -- episodes -------------------------------------------------------------------------------------
     def _start_episode(self, seed: int) -> None:
@@ -328,12 +349,15 @@ class SimRobotNode(Node):
 
     # -- simulation and outputs -----------------------------------------------------------------------
     def _on_physics(self) -> None:
-        now = time.monotonic()
-        # Bounded so a stalled process resumes smoothly instead of jumping. Faster than real time a
-        # stall loses time_scale x as much simulated time, and the stamps' clock does not pause:
-        # up to 1 s of simulated time is caught up so the physics stays in step with the stamps.
-        elapsed = min((now - self._last_step) * self.time_scale, 0.1 if self.time_scale == 1.0 else 1.0)
-        self._last_step = now
+        if self.time_scale == 1.0:
+            now = time.monotonic()
+            # Bounded so a stalled process resumes smoothly instead of jumping.
+            elapsed = min(now - self._last_step, 0.1)
+            self._last_step = now
+        else:  # in step with the simulated clock (which itself waits out stalls)
+            now_ns = self.sim_now().nanoseconds
+            elapsed = min((now_ns - self._last_sim_ns) / 1e9, 1.0)
+            self._last_sim_ns = now_ns
         if elapsed <= 0 or self.finished or self._ending:
             return
         with self.lock:
@@ -354,7 +378,9 @@ class SimRobotNode(Node):
 
     def _on_cameras(self) -> None:
         with self.lock:
-            stamp = self.sim_now().to_msg()
+            stamp = self._frame_stamp()
+            if stamp is None:
+                return
             images = self.env.render()
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         for key, pub in self.camera_pubs.items():
