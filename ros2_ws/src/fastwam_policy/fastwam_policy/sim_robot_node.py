@@ -8,7 +8,9 @@ feedback per joint group (names filled, BEST_EFFORT). Follows the /motion_target
 The simulation runs in real time on the node's clock, or `time_scale` times faster (scripted
 teleoperation only): every timer fires time_scale times as often in wall time, physics advances
 time_scale x the wall dt, and every header stamp comes from one simulated clock (the node's ROS time
-at start + time_scale x elapsed wall time), so a recording holds the same data as a real-time one.
+at start + time_scale x elapsed wall time, monotonic), so a recording holds the same data as a
+real-time one. That clock waits for a camera frame that is overdue (a stalled executor) rather than
+losing it, and camera frames are stamped on their rate's grid.
 
 Scoring: ~/task_success (std_msgs/Bool: the towel is folded now), ~/progress (std_msgs/Float32,
 0 flat .. 1 folded) and ~/episode (std_msgs/String, JSON: seed, towel pose, time, success) at 2 Hz
