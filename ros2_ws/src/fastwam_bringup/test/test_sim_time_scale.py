@@ -17,6 +17,7 @@ from rclpy.parameter import Parameter
 
 from fastwam.data.bag import align_episode, find_bags, read_episode_streams
 from fastwam.robot_config import load_robot_config
+from fastwam.sim import ScriptedFolder, TowelFoldEnv
 from fastwam_bringup.run import parse_args, record_scripted_episodes
 
 pytestmark = pytest.mark.ros
@@ -36,35 +37,36 @@ def _record(out: Path, time_scale: float):
 
 
 def test_time_scale_3_records_what_real_time_records(tmp_path):
-    real, real_aligned, _ = _record(tmp_path / "x1", 1.0)
-    fast, fast_aligned, wall = _record(tmp_path / "x3", 3.0)
-    assert real.success and fast.success and real.recorded and fast.recorded
-    # Simulated episode time is the same; the wall time is about a third of it (timers fire 3x as
-    # often; the recorder's stop/start round trips add a little).
-    assert fast.duration_s == pytest.approx(real.duration_s, abs=0.3)
-    assert fast.duration_s / 6 < wall < fast.duration_s / 2, (wall, fast.duration_s)
+    """At 3x: every camera frame on the 15 Hz grid of simulated time (none missing or late), the
+    frames of a real-time recording (~163 for a ~10.9 s episode: 1x gives 162-163), and at each
+    frame the scripted operator's action for that simulated time, within the frame alignment."""
+    result, aligned, wall = _record(tmp_path, 3.0)
+    assert result.success and result.recorded
+    # The wall time is about a third of the simulated episode (the recorder's service round trips
+    # and start-up add a little).
+    assert result.duration_s / 6 < wall < result.duration_s / 2, (wall, result.duration_s)
 
-    # Frames per episode and stamps as at 1x: 15 Hz in simulated time (the timers' phase may move
-    # the span's ends by a frame).
-    n_real, n_fast = len(real_aligned.timestamps), len(fast_aligned.timestamps)
-    assert abs(n_fast - n_real) <= 1, (n_fast, n_real)
-    assert n_fast == pytest.approx(fast.duration_s * FPS, abs=FPS * 1.5)
-    spacing = np.diff(fast_aligned.timestamps)
-    assert np.median(spacing) == pytest.approx(1 / FPS, abs=1e-3)
-    assert fast_aligned.timestamps[-1] == pytest.approx((n_fast - 1) / FPS, abs=2 / FPS)
-    assert fast_aligned.info["subsample_step"] == 1
-    assert fast_aligned.info["reference_rate_hz"] == pytest.approx(FPS, rel=0.05)
+    n = len(aligned.timestamps)
+    assert aligned.info["subsample_step"] == 1
+    np.testing.assert_allclose(np.diff(aligned.timestamps), 1 / FPS, atol=1e-6)  # none missing
+    assert abs(n - result.duration_s * FPS) <= 3, (n, result.duration_s)
 
-    # The scripted actions at each frame match the real-time recording's up to the frame alignment:
-    # at the best shift of a frame or two, within one frame's worth of motion.
-    a, b = real_aligned.action, fast_aligned.action
-    step = np.abs(np.diff(a, axis=0)).max(axis=0)  # [D] largest per-frame change per joint
-    errors = []
-    for k in range(-2, 3):  # b[i + k] against a[i]
-        n = min(len(a), len(b)) - abs(k)
-        errors.append(np.abs(a[max(0, -k) :][:n] - b[max(0, k) :][:n]).max(axis=0))  # [D]
-    best = min(errors, key=lambda e: float((e / np.maximum(step, 1e-9)).max()))
-    assert np.all(best <= step + 1e-6), (best, step)
+    # The commands were the scripted fold's at the simulated time: one offset (the operator's start
+    # delay and the first frame's phase) maps frame times onto the fold within one frame's motion.
+    config = load_robot_config(CONFIG)
+    env = TowelFoldEnv(config.robot, config.cameras.keys)
+    env.reset(SEED)
+    folder = ScriptedFolder(env)
+    step = np.abs(np.diff(aligned.action, axis=0)).max(axis=0)  # [D] largest change per frame
+
+    def error(offset: float) -> np.ndarray:  # [D]
+        fold = np.stack([folder.action(max(t - offset, 0.0)) for t in aligned.timestamps])
+        return np.abs(fold - aligned.action).max(axis=0)
+
+    offsets = np.arange(0.0, 2.0, 0.005)
+    best = min(offsets, key=lambda o: float((error(o) / np.maximum(step, 1e-9)).max()))
+    assert np.all(error(best) <= step + 1e-6), (best, error(best), step)
+    assert 0.5 < best < 1.5, best  # the operator starts 1 s (teleop_start_delay_s) into the episode
 
 
 def _sim_node(**params):
