@@ -75,7 +75,7 @@ class Settings:
     out: Path
     robot_config: Path
     train_config: Path
-    demos: int = 30
+    demos: int = 60
     train_seed: int = 0
     variants: tuple[str, ...] = ("fast_wam", "no_cotrain")
     steps: int | None = None  # train.max_steps override
@@ -700,7 +700,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         default=str(default_train_config()),
         help="training config YAML (default %(default)s)",
     )
-    parser.add_argument("--demos", type=int, default=30, help="scripted demonstrations to record")
+    parser.add_argument("--demos", type=int, default=60, help="scripted demonstrations to record")
     parser.add_argument("--train-seed", type=int, default=0, help="first demo seed (towel start pose)")
     parser.add_argument(
         "--variants", nargs="+", default=["fast_wam", "no_cotrain"], choices=VARIANTS, help="models to train"
