@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,14 @@ from fastwam.camera import composite_to_tensor
 from fastwam.data.windows import WindowDataset
 
 
-def fingerprint(module: torch.nn.Module, config: object) -> str:
-    """Identity of a frozen encoder: its config plus a hash of (a sample of) its weights."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+def fingerprint(module: torch.nn.Module, config: Mapping[str, Any]) -> str:
+    """Identity of a frozen encoder: its config plus a hash of (a sample of) its weights.
+
+    Private config keys are left out: diffusers' `_use_default_values` is a list made from a set,
+    so its order changes with the interpreter's string hash seed (every process has another one).
+    """
+    public = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    h = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         h.update(name.encode())
