@@ -94,17 +94,22 @@ def pct(values: list[float], q: float) -> float:
 
 
 @torch.no_grad()
+def contexts(model, comp, instruction, state, cfg_scale: float):
+    """The instruction's context and, with CFG, the empty prompt's (both with the state token)."""
+    embeds, mask = comp.encode_text([instruction])
+    ctx = model.with_state(model.encode_instruction(embeds, mask), state)
+    if cfg_scale == 1.0:
+        return ctx, None
+    ue, um = comp.encode_text([""], template=False)
+    return ctx, model.with_state(model.encode_instruction(ue, um), state)
+
+
 def count_flops(model, comp, layout, images, instruction, state, args) -> dict[str, int]:
     """FLOPs of one call (instruction cached): the VAE encode and the model (prefix + actions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
-    embeds, mask = comp.encode_text([instruction])
-    ctx = model.with_state(model.encode_instruction(embeds, mask), state)
-    uncond = None
-    if args.cfg_scale != 1.0:
-        ue, um = comp.encode_text([""], template=False)
-        uncond = model.with_state(model.encode_instruction(ue, um), state)
+    ctx, uncond = contexts(model, comp, instruction, state, args.cfg_scale)
     with FlopCounterMode(display=False) as vae_counter:
         # The stock call: the counter does not know the oneDNN conv that encode_video uses on CPU.
         comp.vae.encode(video.to(next(comp.vae.parameters()).dtype))
@@ -120,12 +125,7 @@ def optimized_vs_eager(model, comp, layout, images, instruction, state, args) ->
     module-by-module reference (build_action_cache + sample_actions), same inputs, same noise."""
     video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
     latents = comp.encode_video(video).to(model.dtype)
-    embeds, mask = comp.encode_text([instruction])
-    ctx = model.with_state(model.encode_instruction(embeds, mask), state)
-    uncond = None
-    if args.cfg_scale != 1.0:
-        ue, um = comp.encode_text([""], template=False)
-        uncond = model.with_state(model.encode_instruction(ue, um), state)
+    ctx, uncond = contexts(model, comp, instruction, state, args.cfg_scale)
     gen = torch.Generator(device=model.device)
     fast, _ = model.infer(latents, ctx, uncond, generator=gen.manual_seed(1))
     full = ctx if args.cfg_scale == 1.0 else Context.cat([ctx, uncond])
