@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -555,6 +555,14 @@ def run(args: argparse.Namespace) -> int:
         tmp.cleanup()
 
 
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1]); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
 def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
     results = sim.results
     print(f"[run] summary after {elapsed:.1f} s")
@@ -566,11 +574,10 @@ def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
         f"[run]   commands rejected: {sim.commands_rejected}; on the topics: {sum(monitor.commands.values())}"
     )
     if monitor.chunks:
-        latencies = sorted(monitor.chunks)
-        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        latencies = monitor.chunks
         print(
             f"[run]   chunks {len(latencies)}, latency median {statistics.median(latencies):.0f} ms, "
-            f"p95 {p95:.0f} ms"
+            f"p95 {percentile(latencies, 0.95):.0f} ms"
         )
     elif not args.scripted_teleop:
         print("[run]   chunks 0 (no action chunk was published)")

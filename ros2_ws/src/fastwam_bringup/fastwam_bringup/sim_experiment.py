@@ -41,7 +41,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fastwam.robot_config import load_robot_config
-from fastwam_bringup.run import EVAL_SEED, SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path
+from fastwam_bringup.run import EVAL_SEED, SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path, percentile
 
 DEFAULT_OUT = "runs/sim_towel_fold"
 TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
@@ -49,7 +49,7 @@ VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
 RANDOM_INIT = "random_init"
 STAGES = ("record", "convert", "train", "random", "eval", "report")
 # Scripted episodes in the recorder (simulated seconds, divided by the time scale) and conversion, per
-# demo, and training, per step of the small preset on 2 busy CPU cores: for the time estimate
+# demo, and training, per step of the sim preset on 2 CPU cores: for the time estimate
 # printed before the run.
 RECORD_SECONDS_PER_DEMO = 11.5
 CONVERT_SECONDS_PER_DEMO = 2.5
@@ -175,10 +175,15 @@ def _mark_finished(out: Path, stage: str, settings: dict[str, Any], seconds: flo
     path = _manifest_path(out, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"settings": settings, "seconds": round(seconds, 2), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    _write_json(path, manifest)
     return manifest
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write through a temporary file: a killed run leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _header(index: int, stage: str, text: str) -> None:
@@ -401,13 +406,6 @@ def stage_random(s: Settings, convert: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
-
-
 def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     from fastwam_bringup.run import run_policy_episode
 
@@ -457,9 +455,7 @@ def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list
             ran = True
             rows.append(result.to_dict())
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"settings": settings, "episodes": rows}, indent=2))
-            os.replace(tmp, path)
+            _write_json(path, {"settings": settings, "episodes": rows})
             bar.update(1)
             bar.set_postfix(success=f"{sum(r['success'] for r in rows)}/{len(rows)}")
         bar.close()
@@ -482,7 +478,7 @@ def summarize(name: str, model: dict[str, Any], rows: list[dict[str, Any]]) -> d
         "success_rate": len(successes) / len(rows) if rows else None,
         "mean_completion_time_s": statistics.fmean(times) if times else None,
         "latency_median_ms": statistics.median(latencies) if latencies else None,
-        "latency_p95_ms": _percentile(latencies, 0.95),
+        "latency_p95_ms": percentile(latencies, 0.95),
         # Latencies are of the chunks the policy node applied; a chunk that arrived too late to
         # use is discarded unpublished, counted only in chunks_predicted.
         "chunks_applied": len(latencies),
