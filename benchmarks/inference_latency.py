@@ -72,19 +72,24 @@ def layout_from_arg(arg: str) -> CameraLayout:
     return CameraLayout.row(tuple(f"cam{i}" for i in range(int(n))), h, w)
 
 
-def components_for(args, cfg, device, dtype) -> WanComponents:
+def components_for(args, cfg, device, dtype, vae_dtype) -> WanComponents:
     if args.wan_dir:
-        return WanComponents.from_pretrained(args.wan_dir, cfg.text_max_length, device=device, dtype=dtype)
-    if cfg.vae is not None:
-        comp = build_random_components(cfg)
-    else:
-        from diffusers import AutoencoderKLWan
-        from transformers import UMT5Config, UMT5EncoderModel
+        comp = WanComponents.from_pretrained(args.wan_dir, cfg.text_max_length, device=device, dtype=dtype)
+        comp.vae.to(device, vae_dtype)
+        return comp
+    # Random weights are drawn on the target device: a full-size UMT5-XXL initialised on the CPU
+    # in fp32 takes minutes and 23 GB of host memory.
+    with torch.device(device):
+        if cfg.vae is not None:
+            comp = build_random_components(cfg)
+        else:
+            from diffusers import AutoencoderKLWan
+            from transformers import UMT5Config, UMT5EncoderModel
 
-        tok = build_tokenizer(1000)
-        te = UMT5EncoderModel(UMT5Config(vocab_size=256384, **UMT5_XXL))
-        comp = WanComponents(AutoencoderKLWan(**WAN22_VAE), te, tok, cfg.text_max_length)
-    comp.vae.to(device)
+            tok = build_tokenizer(1000)
+            te = UMT5EncoderModel(UMT5Config(vocab_size=256384, **UMT5_XXL))
+            comp = WanComponents(AutoencoderKLWan(**WAN22_VAE), te, tok, cfg.text_max_length)
+    comp.vae.to(device, vae_dtype)
     comp.text_encoder.to(device, dtype)
     return comp
 
@@ -140,6 +145,12 @@ def main() -> None:
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--vae-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="VAE encoder dtype (Wan's pipelines keep the VAE in float32)",
+    )
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--layout", default="r1_lite", help="r1_lite | libero | row:N:HxW")
     ap.add_argument("--runs", type=int, default=None, help="timed runs (default: 100 on CUDA, 10 on CPU)")
@@ -150,6 +161,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--compile", default="none", choices=list(COMPILE_MODES))
     ap.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest VAE conv algorithms"
+    )
+    ap.add_argument(
         "--count-flops",
         action="store_true",
         help="also count each variant's FLOPs per call (torch FlopCounterMode: matmuls, convs, attention)",
@@ -159,6 +173,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.runs is None:
         args.runs = 100 if device.type == "cuda" else 10
     dtype = getattr(torch, args.dtype)
@@ -170,12 +185,12 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    comp = components_for(args, base, device, dtype)
+    comp = components_for(args, base, device, dtype, getattr(torch, args.vae_dtype))
     rng = np.random.default_rng(0)
     images = {k: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for k in layout.keys}
     instruction = "fold the towel"
     print(
-        f"preset={args.preset} device={device} dtype={args.dtype} steps={args.steps} "
+        f"preset={args.preset} device={device} dtype={args.dtype} vae={args.vae_dtype} steps={args.steps} "
         f"composite={layout.height}x{layout.width} runs={args.runs} threads={torch.get_num_threads()} "
         f"compile={args.compile}"
     )
@@ -184,7 +199,8 @@ def main() -> None:
     models = {}
     for variant in variants:
         torch.manual_seed(0)
-        models[variant] = FastWAM(base.replace(variant=variant)).to(device, dtype).eval()
+        with torch.device(device):  # drawn on the device (a full-size model is 6 B parameters)
+            models[variant] = FastWAM(base.replace(variant=variant)).to(dtype).eval()
         models[variant].compile_mode = args.compile
     state = torch.zeros(1, base.state_dim, device=device) if base.state_dim else None
     keys = ("text_encode", "vae_encode", "prefix", "action", "step", "total")

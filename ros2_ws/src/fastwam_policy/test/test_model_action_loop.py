@@ -14,10 +14,29 @@ from fastwam.model.masks import build_mask
 B, HP, WP = 2, 2, 2  # tiny: 4x4 latents -> 2x2 tokens per frame
 TOL = 1e-5  # fp32
 
+# On CUDA the "cudagraph" / "torch_compile" modes really capture; on CPU they run the same static
+# code eagerly. Inputs and noise are drawn on CPU generators, so every device sees the same numbers.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+    ),
+]
 
-def _model(variant="fast_wam", seed=0) -> FastWAM:
+
+@pytest.fixture(autouse=True)
+def _exact_fp32_matmuls():
+    # TF32 would make the fp32 comparisons on CUDA measure TF32 rounding, not the loop.
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+def _model(variant="fast_wam", seed=0, device="cpu") -> FastWAM:
     torch.manual_seed(seed)
-    return FastWAM(preset("tiny", variant=variant)).eval()
+    return FastWAM(preset("tiny", variant=variant)).to(device).eval()
 
 
 def _observation(model, seed):
@@ -25,14 +44,14 @@ def _observation(model, seed):
     cfg = model.config
     first = torch.randn(B, cfg.video.in_channels, 1, 2 * HP, 2 * WP, generator=g)
     state = torch.randn(B, cfg.state_dim, generator=g)
-    return first, state
+    return first.to(model.device), state.to(model.device)
 
 
 def _instruction(model, seed) -> tuple[Context, Context]:
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
-    text = torch.randn(1, cfg.text_max_length, cfg.video.text_dim, generator=g)
-    mask = torch.arange(cfg.text_max_length)[None] < 5 + seed % 7
+    text = torch.randn(1, cfg.text_max_length, cfg.video.text_dim, generator=g).to(model.device)
+    mask = torch.arange(cfg.text_max_length, device=model.device)[None] < 5 + seed % 7
     return model.encode_instruction(text, mask), model.encode_instruction(torch.zeros_like(text), mask)
 
 
@@ -56,11 +75,12 @@ def _check(model, mode, first, state, text, scale, seed, what):
     return got
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["none", "cudagraph"])
 @pytest.mark.parametrize("scale", [1.0, 2.5])
 @torch.no_grad()
-def test_static_loop_equals_eager_path_across_calls_observations_and_instructions(mode, scale):
-    model = _model()
+def test_static_loop_equals_eager_path_across_calls_observations_and_instructions(mode, scale, device):
+    model = _model(device=device)
     towel, cup = _instruction(model, 1), _instruction(model, 2)
     outs = []
     # New observation every call, then a different instruction, then back: buffers refreshed each time.
@@ -73,9 +93,10 @@ def test_static_loop_equals_eager_path_across_calls_observations_and_instruction
     assert torch.equal(outs[0], outs[3])  # nothing stale: same inputs, same actions
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_capture_modes_give_the_same_actions_as_the_static_eager_loop():
-    model = _model()
+def test_capture_modes_give_the_same_actions_as_the_static_eager_loop(device):
+    model = _model(device=device)
     first, state = _observation(model, 4)
     cond = model.with_state(_instruction(model, 1)[0], state)
     runs = {}
@@ -85,10 +106,11 @@ def test_capture_modes_give_the_same_actions_as_the_static_eager_loop():
     assert diff <= TOL, f"cudagraph vs none max abs diff {diff:.3e}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_torch_compile_mode_equals_the_eager_path():
+def test_torch_compile_mode_equals_the_eager_path(device):
     """Inductor on CPU (reduce-overhead CUDA graphs on CUDA): compiled per-step function."""
-    model = _model()
+    model = _model(device=device)
     text = _instruction(model, 1)
     for obs_seed in (20, 21):
         first, state = _observation(model, obs_seed)
@@ -97,9 +119,10 @@ def test_torch_compile_mode_equals_the_eager_path():
     assert loop.mode == "torch_compile" and loop._compiled_step is not None  # compiled, no fallback
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_bfloat16_loop_stays_within_bfloat16_rounding_of_the_eager_path():
-    model = _model().to(torch.bfloat16)
+def test_bfloat16_loop_stays_within_bfloat16_rounding_of_the_eager_path(device):
+    model = _model(device=device).to(torch.bfloat16)
     first, state = _observation(model, 9)
     cond = model.with_state(_instruction(model, 1)[0], state)
     got, _ = model.infer(first, cond, generator=torch.Generator().manual_seed(0), compile="cudagraph")
@@ -146,9 +169,10 @@ def test_loop_cache_holds_the_reference_prefix_kv():
         loop.prefill(torch.cat([other, other], dim=2), ctx)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_idm_actions_through_the_loop_equal_the_eager_path():
-    model = _model("idm")
+def test_idm_actions_through_the_loop_equal_the_eager_path(device):
+    model = _model("idm", device=device)
     cfg = model.config
     first, state = _observation(model, 8)
     ctx = model.with_state(_instruction(model, 1)[0], state)
@@ -157,7 +181,7 @@ def test_idm_actions_through_the_loop_equal_the_eager_path():
     steps = cfg.num_inference_steps
     future = model._sample_future_video(first, ctx, steps, 1.0, gen)
     prefix = torch.cat([first, future], dim=2)
-    mask = build_mask("idm", {"first": HP * WP, "cond": HP * WP * future.shape[2]})
+    mask = build_mask("idm", {"first": HP * WP, "cond": HP * WP * future.shape[2]}, device=model.device)
     ref = model.sample_actions(model.build_action_cache(prefix, ctx, mask), B, generator=gen)
     diff = (got - ref).abs().max().item()
     assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
