@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Full-size Fast-WAM real-time check on one CUDA GPU (random weights, bf16): the action-loop tests
 # on CUDA (captured graphs vs eager), then the latency benchmark for the R1 Lite 384x320 composite
-# (Fast-WAM vs Joint vs IDM, 100 runs) and for a 3-camera 384x1152 row, then the capture modes
-# side by side. Logs go to $1 (default runs/gpu_realtime). Needs python3 with torch (CUDA),
+# (Fast-WAM vs Joint vs IDM, 100 runs; inductor-fused layers in CUDA graphs), the graphs without
+# fusion, and the 3-camera 384x1152 row. Logs go to $1 (default runs/gpu_realtime). Needs python3 with torch (CUDA),
 # diffusers and transformers, and ros2_ws/src/fastwam_policy on PYTHONPATH (scripts/env.sh).
 set -uo pipefail
 out=${1:-runs/gpu_realtime}
@@ -17,9 +17,9 @@ run() {  # name, timeout, command...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
-run tests 240 python3 -m pytest -q -p no:cacheprovider ros2_ws/src/fastwam_policy/test/test_model_action_loop.py
-run r1_lite 300 "${bench[@]}" --compile cudagraph --runs 100
-run r1_lite_vae_bf16 120 "${bench[@]}" --compile cudagraph --runs 100 --variants fast_wam --vae-dtype bfloat16 --cudnn-benchmark
-run row3 200 "${bench[@]}" --compile cudagraph --runs 100 --variants fast_wam,joint,idm --layout row:3:384x384
-run eager 120 "${bench[@]}" --compile none --runs 100 --variants fast_wam
-run torch_compile 300 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam
+run r1_lite_fast 200 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam
+run tests 120 python3 -m pytest -q -p no:cacheprovider -k cuda \
+  ros2_ws/src/fastwam_policy/test/test_model_action_loop.py ros2_ws/src/fastwam_policy/test/test_model_wan.py
+run r1_lite 300 "${bench[@]}" --compile torch_compile --runs 100
+run r1_lite_cudagraph 90 "${bench[@]}" --compile cudagraph --runs 100 --variants fast_wam
+run row3 120 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam --layout row:3:384x384

@@ -41,13 +41,15 @@ class FastWAMPolicy:
     ):
         """``compile``: how the cached prefix + action loop run (``fastwam.model.action_loop``):
         ``"none"`` (static loop, eager), ``"cudagraph"`` (CUDA graphs on CUDA, eager replay on CPU)
-        or ``"torch_compile"`` (reduce-overhead on CUDA, inductor on CPU; eager fallback)."""
+        or ``"torch_compile"`` (inductor-fused Wan block, plus the CUDA graphs on CUDA; eager
+        fallback). Both capturing modes also replay the VAE encode as a CUDA graph on CUDA."""
         if checkpoint.components is None:
             raise ValueError("FastWAMPolicy needs the checkpoint's VAE / text encoder (load_components=True)")
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.model.compile_mode = check_compile_mode(compile)
         self.components = checkpoint.components
+        self.components.capture_encode = compile != "none"
         self.device = torch.device(device)
         self.camera_layout: CameraLayout = checkpoint.camera_layout
         self.robot: RobotSpec = checkpoint.robot

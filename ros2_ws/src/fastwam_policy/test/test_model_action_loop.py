@@ -7,7 +7,7 @@ import torch
 
 from fastwam.config import preset
 from fastwam.model import FastWAM
-from fastwam.model.action_loop import ActionLoop, check_compile_mode
+from fastwam.model.action_loop import ActionLoop, block_layer, check_compile_mode
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
 
@@ -116,7 +116,7 @@ def test_torch_compile_mode_equals_the_eager_path(device):
         first, state = _observation(model, obs_seed)
         _check(model, "torch_compile", first, state, text, 1.0, seed=4, what=f"observation {obs_seed}")
     loop = next(iter(model._action_loops.values()))
-    assert loop.mode == "torch_compile" and loop._compiled_step is not None  # compiled, no fallback
+    assert loop.mode == "torch_compile" and loop._layer is not block_layer  # compiled, no fallback
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -106,3 +106,17 @@ def test_latent_frame_mask_maps_groups_of_four_pixel_frames():
     assert latent_frame_mask(fm).tolist() == [[True, True, True], [True, True, False]]
     with pytest.raises(ValueError, match="1 \\+ 4 k"):
         latent_frame_mask(torch.ones(1, 8, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_graphed_encode_on_cuda_equals_the_eager_encode(wan_dir):
+    comp = WanComponents.from_pretrained(wan_dir, preset("tiny").text_max_length, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    videos = [torch.rand(1, 3, 1, 64, 48, generator=g) * 2 - 1 for _ in range(3)]
+    eager = [comp.encode_video(v) for v in videos]
+    comp.capture_encode = True
+    graphed = [comp.encode_video(v) for v in videos]  # captured on the first, replayed after
+    assert len(comp._encode_graphs) == 1
+    for e, r in zip(eager, graphed):
+        assert (e - r).abs().max().item() <= 1e-5
+    assert (graphed[0] - graphed[1]).abs().max() > 1e-3  # each replay reads its own input

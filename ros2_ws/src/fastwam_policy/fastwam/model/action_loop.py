@@ -16,16 +16,22 @@ of the loop, and with every tensor the loop reads or writes preallocated:
   update is always seen; only the precomputed modulation depends on parameter values, and it is
   rebuilt whenever one of the expert's parameters changes (version counter / storage).
 
+* The prefix pass (fast_wam / no_cotrain: no prefix mask) and every action step run the same
+  functional Wan block, ``block_layer``, over the block's weight tensors: one implementation of
+  the layer for both (the reference ``mot`` path is the test oracle).
+
 Capture (``compile``):
 
-* ``"none"``: the static loop runs eagerly.
+* ``"none"``: the static prefix and loop run eagerly.
 * ``"cudagraph"``: on CUDA, the prefix and the whole Euler loop are each captured once into a
   ``torch.cuda.CUDAGraph`` and replayed (inputs are copied into the static buffers first). On CPU
   the same static functions run eagerly (capture degenerates to eager replay), so the buffer
   handling is tested on CPU.
-* ``"torch_compile"``: the per-step function is ``torch.compile``d (``mode="reduce-overhead"`` on
-  CUDA, i.e. inductor + CUDA graphs; inductor on CPU), with the eager function as fallback if
-  compilation fails.
+* ``"torch_compile"``: ``block_layer`` is compiled by inductor (one compile per token count,
+  shared by all layers, since weights are arguments), which fuses the norms, modulation, RoPE,
+  casts and residuals that otherwise cost ~65 kernel launches per layer; on CUDA the prefix and
+  the loop are then captured into CUDA graphs as with ``"cudagraph"``. If compilation fails the
+  eager layer is used (logged).
 """
 
 from __future__ import annotations
@@ -62,6 +68,101 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
 def pair_swap(x: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...) along the last dim."""
     return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def block_weights(blk) -> tuple[torch.Tensor, ...]:
+    """A diffusers ``WanTransformerBlock``'s tensors in ``block_layer``'s order (detached views)."""
+    a1, a2, ff = blk.attn1, blk.attn2, blk.ffn.net
+    ts = (
+        a1.to_q.weight, a1.to_q.bias, a1.norm_q.weight,
+        a1.to_k.weight, a1.to_k.bias, a1.norm_k.weight,
+        a1.to_v.weight, a1.to_v.bias, a1.to_out[0].weight, a1.to_out[0].bias,
+        blk.norm2.weight, blk.norm2.bias,
+        a2.to_q.weight, a2.to_q.bias, a2.norm_q.weight, a2.to_out[0].weight, a2.to_out[0].bias,
+        ff[0].proj.weight, ff[0].proj.bias, ff[2].weight, ff[2].bias,
+    )  # fmt: skip
+    return tuple(t.detach() for t in ts)
+
+
+def block_constants(blk) -> dict:
+    """The block's non-tensor settings (the same in every layer of a branch)."""
+    a1, a2 = blk.attn1, blk.attn2
+    return dict(
+        heads=a1.heads,
+        eps1=blk.norm1.eps,
+        eps_q=a1.norm_q.eps,
+        eps_k=a1.norm_k.eps,
+        eps2=blk.norm2.eps,
+        eps_cq=a2.norm_q.eps,
+        eps3=blk.norm3.eps,
+    )
+
+
+def block_layer(
+    h: torch.Tensor,
+    w: tuple[torch.Tensor, ...],
+    mods: torch.Tensor,
+    kbuf: torch.Tensor,
+    vbuf: torch.Tensor,
+    start: int,
+    ck: torch.Tensor,
+    cv: torch.Tensor,
+    rope_c: torch.Tensor,
+    rope_s: torch.Tensor,
+    *,
+    heads: int,
+    eps1: float,
+    eps_q: float,
+    eps_k: float,
+    eps2: float,
+    eps_cq: float,
+    eps3: float,
+    kv_only: bool = False,
+) -> torch.Tensor:
+    """One Wan block (diffusers' ``WanTransformerBlock`` math, ``mot`` order and dtypes) for n new
+    tokens h [B, n, D] at positions start..start+n of the self-attention K/V buffers
+    kbuf/vbuf [B, heads, N, hd]: their K/V are written there, and they attend to
+    buf[:, :, :start + n] (the prefix attends to itself; an action step to [prefix; actions]).
+
+    mods [6, D] fp32: (shift, 1 + scale, gate, c_shift, 1 + c_scale, c_gate), one t for every
+    token, so AdaLN is LayerNorm's own affine (one kernel instead of norm, mul, add). ck/cv: the
+    cross-attention K/V [B, heads, L, hd]; rope_c/rope_s [1, n, 1, hd] fp32 (``rope_tables``).
+    ``kv_only``: write K/V and stop (a prefix's last layer). Returns the new h."""
+    q_w, q_b, nq_w, k_w, k_b, nk_w, v_w, v_b, o_w, o_b, n2_w, n2_b = w[:12]
+    cq_w, cq_b, cnq_w, co_w, co_b, f1_w, f1_b, f2_w, f2_b = w[12:]
+    shift, scale1, gate, c_shift, c_scale1, c_gate = mods.unbind(0)
+    dt = h.dtype
+    d = h.shape[-1]
+    end = start + h.shape[1]
+    n = F.layer_norm(h.float(), (d,), scale1, shift, eps1).to(dt)
+    k = F.rms_norm(F.linear(n, k_w, k_b), (k_w.shape[0],), nk_w, eps_k).unflatten(2, (heads, -1))
+    k = torch.addcmul(k * rope_c, pair_swap(k), rope_s).to(dt)
+    kbuf[:, :, start:end].copy_(k.transpose(1, 2))
+    vbuf[:, :, start:end].copy_(F.linear(n, v_w, v_b).unflatten(2, (heads, -1)).transpose(1, 2))
+    if kv_only:
+        return h
+    q = F.rms_norm(F.linear(n, q_w, q_b), (q_w.shape[0],), nq_w, eps_q).unflatten(2, (heads, -1))
+    q = torch.addcmul(q * rope_c, pair_swap(q), rope_s).to(dt).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, kbuf[:, :, :end], vbuf[:, :, :end])  # no mask needed
+    o = F.linear(o.transpose(1, 2).flatten(2).to(dt), o_w, o_b)
+    h = torch.addcmul(h.float(), o, gate).to(dt)
+    # Cross-attention to the context (static K/V).
+    n = F.layer_norm(h.float(), (d,), n2_w.float(), n2_b.float(), eps2).to(dt)
+    q = F.rms_norm(F.linear(n, cq_w, cq_b), (cq_w.shape[0],), cnq_w, eps_cq)
+    o = F.scaled_dot_product_attention(q.unflatten(2, (heads, -1)).transpose(1, 2), ck, cv)
+    h = h + F.linear(o.transpose(1, 2).flatten(2).to(dt), co_w, co_b)
+    # Modulated FFN.
+    n = F.layer_norm(h.float(), (d,), c_scale1, c_shift, eps3).to(dt)
+    f = F.linear(F.gelu(F.linear(n, f1_w, f1_b), approximate="tanh"), f2_w, f2_b)
+    return torch.addcmul(h.float(), f.float(), c_gate).to(dt)
+
+
+def folded_modulation(table: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """scale_shift_table [1, 6, D] + temb_proj [..., 6, D] -> fp32 mods with 1 + scale folded in."""
+    m = (table + proj.float()).clone()
+    m[..., 1, :] += 1.0  # 1 + scale
+    m[..., 4, :] += 1.0  # 1 + c_scale
+    return m
 
 
 class ActionLoop:
@@ -126,48 +227,60 @@ class ActionLoop:
         self.prefix_mask: torch.Tensor | None = None
         self.noise = zeros(batch, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
         self.out = zeros(batch, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
-        # Per-step constants (rebuilt when the expert's parameters change).
+        # Constants (rebuilt when a parameter of the expert or the video DiT changes).
         self._const_key: tuple | None = None
         self.mods: torch.Tensor | None = None  # [steps, layers, 6, D] fp32
         self.head: torch.Tensor | None = None  # [steps, 2, D] fp32 (shift, 1 + scale)
         self.dts: torch.Tensor | None = None  # [steps] fp32
+        self.prefix_mods: torch.Tensor | None = None  # [layers, 6, D] fp32 (t = 0)
+        self.expert_w: list[tuple[torch.Tensor, ...]] = []
+        self.video_w: list[tuple[torch.Tensor, ...]] = []
+        self._expert_const = block_constants(model.expert.blocks[0])
+        self._video_const = block_constants(model.video.blocks[0])
+        # The layer: eager, or inductor-compiled (one compile per token count: weights are inputs).
+        self._layer = block_layer
+        if self.mode == "torch_compile":
+            self._layer = torch.compile(block_layer, dynamic=False, fullgraph=True)
+        self.capture = self.mode in ("cudagraph", "torch_compile") and dev.type == "cuda"
         self._prefix_graph = None
         self._loop_graph = None
-        self._compiled_step = None
         self._prefix_rope = None
+        self._prefix_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prefix_shape: tuple | None = None
 
     # -- constants ---------------------------------------------------------------------------------
     def _param_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.model.expert.parameters())
+        params = [*self.model.expert.parameters(), *self.model.video.parameters()]
+        return tuple((p.data_ptr(), p._version) for p in params)
 
     @torch.no_grad()
     def _refresh_constants(self) -> bool:
-        """(Re)compute the per-step modulation if the expert changed; True if it did."""
+        """(Re)compute the per-step modulation and the weight lists if a parameter changed (new
+        values or new storage); True if it did."""
         key = self._param_key()
         if key == self._const_key:
             return False
-        model, ex = self.model, self.model.expert
+        model, ex, vm = self.model, self.model.expert, self.model.video
         sig = flow.sigma_grid(self.steps, model.config.sample_shift, device=self.device)
         like = torch.empty(0, device=self.device, dtype=model.dtype)
         temb, proj = model._time_embed(ex.condition_embedder, sig[: self.steps], like)
-        proj = proj.unflatten(1, (6, -1)).float()  # [steps, 6, D]
-        mods = []
-        for blk in ex.blocks:
-            m = blk.scale_shift_table + proj  # [steps, 6, D] fp32 (eager: table + proj.float())
-            m = m.clone()
-            m[:, 1] += 1.0  # 1 + scale
-            m[:, 4] += 1.0  # 1 + c_scale
-            mods.append(m)
-        self.mods = torch.stack(mods, dim=1).contiguous()
+        proj = proj.unflatten(1, (6, -1))  # [steps, 6, D]
+        # [steps, layers, 6, D] fp32 (eager: table + proj.float())
+        self.mods = torch.stack([folded_modulation(b.scale_shift_table, proj) for b in ex.blocks], 1)
         # Output head, in the model dtype as in FastWAM._action_out (1 + scale rounded there too).
         shift, scale = (ex.scale_shift_table + temb.unsqueeze(1)).unbind(1)  # [steps, D] each
         self.head = torch.stack([shift, 1 + scale], dim=1).float().contiguous()
         self.dts = (sig[1:] - sig[:-1]).contiguous()
+        # The prefix: every token at t = 0, one modulation per layer.
+        _, proj0 = model._time_embed(vm.condition_embedder, torch.zeros(1, device=self.device), like)
+        proj0 = proj0.unflatten(1, (6, -1))[0]  # [6, D]
+        self.prefix_mods = torch.stack([folded_modulation(b.scale_shift_table, proj0)[0] for b in vm.blocks])
+        self.expert_w = [block_weights(b) for b in ex.blocks]
+        self.video_w = [block_weights(b) for b in vm.blocks]
         self._const_key = key
-        # Graphs captured against the old constants are stale (new tensors were allocated).
+        # Graphs captured against the old constants / storages are stale.
         self._loop_graph = None
-        self._compiled_step = None
+        self._prefix_graph = None
         return True
 
     # -- the static functions (eager on CPU, captured on CUDA) --------------------------------------
@@ -175,48 +288,13 @@ class ActionLoop:
         """One expert evaluation: x [bb, H, A] fp32, mods [layers, 6, D], head [2, D] (fp32)."""
         ex = self.model.expert
         cache = self.cache
-        dt = self.model.dtype
-        n0 = self.n_prefix
-        h = F.linear(x.to(dt), ex.action_in.weight, ex.action_in.bias)
-        d = h.shape[-1]
-        for layer, blk in enumerate(ex.blocks):
-            # [D] each: one t for every sample, so AdaLN is LayerNorm's own affine (weight 1 + scale,
-            # bias shift): one kernel instead of norm, mul, add.
-            shift, scale1, gate, c_shift, c_scale1, c_gate = mods[layer].unbind(0)
-            a1, a2 = blk.attn1, blk.attn2
-            # Self-attention: modulated norm1 -> q/k/v -> RMS across heads -> RoPE.
-            n = F.layer_norm(h.float(), (d,), scale1, shift, blk.norm1.eps).to(dt)
-            q = F.rms_norm(F.linear(n, a1.to_q.weight, a1.to_q.bias), a1.norm_q.normalized_shape,
-                           a1.norm_q.weight, a1.norm_q.eps)  # fmt: skip
-            k = F.rms_norm(F.linear(n, a1.to_k.weight, a1.to_k.bias), a1.norm_k.normalized_shape,
-                           a1.norm_k.weight, a1.norm_k.eps)  # fmt: skip
-            vv = F.linear(n, a1.to_v.weight, a1.to_v.bias)
-            q = q.unflatten(2, (a1.heads, -1))  # [bb, H, heads, hd]
-            k = k.unflatten(2, (a1.heads, -1))
-            q = torch.addcmul(q * self.rope_c, pair_swap(q), self.rope_s).to(dt).transpose(1, 2)
-            k = torch.addcmul(k * self.rope_c, pair_swap(k), self.rope_s).to(dt)
-            cache.k[layer][:, :, n0:].copy_(k.transpose(1, 2))
-            cache.v[layer][:, :, n0:].copy_(vv.unflatten(2, (a1.heads, -1)).transpose(1, 2))
-            o = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer])  # no mask needed
-            o = F.linear(o.transpose(1, 2).flatten(2).to(dt), a1.to_out[0].weight, a1.to_out[0].bias)
-            h = torch.addcmul(h.float(), o, gate).to(dt)
-            # Cross-attention to [instruction; state] (static K/V).
-            n2 = blk.norm2
-            n = F.layer_norm(h.float(), (d,), n2.weight.float(), n2.bias.float(), n2.eps).to(dt)
-            q = F.rms_norm(F.linear(n, a2.to_q.weight, a2.to_q.bias), a2.norm_q.normalized_shape,
-                           a2.norm_q.weight, a2.norm_q.eps)  # fmt: skip
+        h = F.linear(x.to(self.model.dtype), ex.action_in.weight, ex.action_in.bias)
+        for layer in range(len(ex.blocks)):
             ck, cv = cache.expert_kv[layer]
-            o = F.scaled_dot_product_attention(q.unflatten(2, (a2.heads, -1)).transpose(1, 2), ck, cv)
-            o = F.linear(o.transpose(1, 2).flatten(2).to(dt), a2.to_out[0].weight, a2.to_out[0].bias)
-            h = h + o
-            # Modulated FFN.
-            n = F.layer_norm(h.float(), (d,), c_scale1, c_shift, blk.norm3.eps).to(dt)
-            ff = blk.ffn.net
-            f = F.gelu(F.linear(n, ff[0].proj.weight, ff[0].proj.bias), approximate="tanh")
-            f = F.linear(f, ff[2].weight, ff[2].bias)
-            h = torch.addcmul(h.float(), f.float(), c_gate).to(dt)
+            h = self._layer(h, self.expert_w[layer], mods[layer], cache.k[layer], cache.v[layer],
+                            self.n_prefix, ck, cv, self.rope_c, self.rope_s, **self._expert_const)  # fmt: skip
         shift, scale1 = head.unbind(0)
-        h = F.layer_norm(h.float(), (d,), scale1, shift, ex.norm_out.eps).to(dt)
+        h = F.layer_norm(h.float(), (h.shape[-1],), scale1, shift, ex.norm_out.eps).to(h.dtype)
         return F.linear(h, ex.proj_out.weight, ex.proj_out.bias).float()
 
     def _step(
@@ -239,15 +317,25 @@ class ActionLoop:
 
     def _prefix_static(self) -> None:
         """latents + video context buffers -> prefix K/V buffers (what the prefix graph holds)."""
-        from fastwam.model.fastwam import Context
+        if self.prefix_mask is not None:  # IDM's masked prefix: the reference MoT layer loop
+            from fastwam.model.fastwam import Context
 
-        self.model.build_action_cache(
-            self.latents,
-            Context(video_kv=self.video_kv, expert_kv=self.cache.expert_kv),
-            self.prefix_mask,
-            out=self.cache,
-            rope=self._prefix_rope,
-        )
+            self.model.build_action_cache(
+                self.latents,
+                Context(video_kv=self.video_kv, expert_kv=self.cache.expert_kv),
+                self.prefix_mask,
+                out=self.cache,
+                rope=self._prefix_rope,
+            )
+            return
+        vm = self.model.video
+        cache = self.cache
+        h = vm.patch_embedding(self.latents).flatten(2).transpose(1, 2).contiguous()  # [bb, N, D]
+        last = len(vm.blocks) - 1
+        for layer in range(last + 1):
+            ck, cv = self.video_kv[layer]
+            h = self._layer(h, self.video_w[layer], self.prefix_mods[layer], cache.k[layer], cache.v[layer],
+                            0, ck, cv, *self._prefix_tables, kv_only=layer == last, **self._video_const)  # fmt: skip
 
     # -- capture -------------------------------------------------------------------------------------
     def _capture(self, fn):
@@ -263,16 +351,28 @@ class ActionLoop:
             fn()
         return graph
 
-    def _compiled(self):
-        if self._compiled_step is None:
-            cuda = self.device.type == "cuda"
-            for buf in [*self.cache.k, *self.cache.v]:
-                # The step writes its K/V into these: static addresses keep CUDA graphs on.
-                torch._dynamo.mark_static_address(buf)
-            self._compiled_step = torch.compile(
-                self._step, mode="reduce-overhead" if cuda else None, dynamic=False, fullgraph=True
-            )
-        return self._compiled_step
+    def _run(self, fn, graph_attr: str) -> None:
+        """Run a static function: replay its CUDA graph (captured on first use) or call it."""
+        if not self.capture:
+            fn()
+            return
+        graph = getattr(self, graph_attr)
+        if graph is None:
+            graph = self._capture(fn)
+            setattr(self, graph_attr, graph)
+        graph.replay()
+
+    def _guarded(self, fn, graph_attr: str) -> None:
+        """``_run``, falling back to the eager layer if the compiled one fails (compile errors)."""
+        try:
+            self._run(fn, graph_attr)
+        except Exception as err:
+            if self._layer is block_layer:
+                raise
+            log.warning("torch.compile of the Wan block failed (%s); running the eager layer", err)
+            self._layer = block_layer
+            setattr(self, graph_attr, None)
+            self._run(fn, graph_attr)
 
     # -- the API -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -282,6 +382,7 @@ class ActionLoop:
         prefix_latents [bb, C, F, h, w] (already doubled under CFG); ctx: ``Context`` with per-layer
         ``video_kv`` / ``expert_kv`` of batch bb (or 1, broadcast) and ``ctx_len`` tokens."""
         model = self.model
+        self._refresh_constants()
         shape = tuple(prefix_latents.shape)
         if self.latents is None or tuple(self.latents.shape) != shape:
             if self.latents is not None:
@@ -290,6 +391,7 @@ class ActionLoop:
             self._prefix_shape = shape
             hp, wp = model._grid(prefix_latents)
             self._prefix_rope = model._video_rope(shape[2], hp, wp)
+            self._prefix_tables = rope_tables(*(t.to(self.device) for t in self._prefix_rope))
         if prefix_mask is not None:
             if self.prefix_mask is None:
                 self.prefix_mask = torch.zeros_like(prefix_mask, device=self.device)
@@ -303,34 +405,13 @@ class ActionLoop:
         for (kb, vb), (k, v) in zip(self.cache.expert_kv, ctx.expert_kv):
             kb.copy_(k)
             vb.copy_(v)
-        if self.mode == "cudagraph" and self.device.type == "cuda":
-            if self._prefix_graph is None:
-                self._prefix_graph = self._capture(self._prefix_static)
-            self._prefix_graph.replay()
-        else:
-            self._prefix_static()
+        self._guarded(self._prefix_static, "_prefix_graph")
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor) -> torch.Tensor:
         """Euler loop from noise [B, H, A] against the prefilled cache -> actions [B, H, A] fp32."""
-        self._refresh_constants()
+        if self._refresh_constants():  # weights changed since prefill: the cache is stale
+            raise RuntimeError("model parameters changed between prefill and sample; prefill again")
         self.noise.copy_(noise)
-        if self.mode == "cudagraph" and self.device.type == "cuda":
-            if self._loop_graph is None:
-                self._loop_graph = self._capture(self._loop_static)
-            self._loop_graph.replay()
-            return self.out.clone()
-        if self.mode == "torch_compile":
-            step = self._compiled()
-            x = self.noise
-            try:
-                for i in range(self.steps):
-                    # clone: a CUDA-graph output is overwritten by the next replay.
-                    x = step(x, self.mods[i], self.head[i], self.dts[i]).clone()
-                return x
-            except Exception as err:  # compilation failure: keep serving actions eagerly
-                log.warning("torch.compile of the action step failed (%s); running eagerly", err)
-                self.mode = "none"
-                self._compiled_step = None
-        self._loop_static()
+        self._guarded(self._loop_static, "_loop_graph")
         return self.out.clone()
