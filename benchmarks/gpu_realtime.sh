@@ -17,9 +17,10 @@ run() {  # name, timeout, command...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
-run r1_lite_fast 200 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam
+run r1_lite_fast 200 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam --profile 25
+run r1_lite 300 "${bench[@]}" --compile torch_compile --runs 100
+run r1_lite_autotune 240 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam \
+  --inductor-mode max-autotune-no-cudagraphs
+run row3 120 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam --layout row:3:384x384
 run tests 120 python3 -m pytest -q -p no:cacheprovider -k cuda \
   ros2_ws/src/fastwam_policy/test/test_model_action_loop.py ros2_ws/src/fastwam_policy/test/test_model_wan.py
-run r1_lite 300 "${bench[@]}" --compile torch_compile --runs 100
-run r1_lite_cudagraph 90 "${bench[@]}" --compile cudagraph --runs 100 --variants fast_wam
-run row3 120 "${bench[@]}" --compile torch_compile --runs 100 --variants fast_wam --layout row:3:384x384

@@ -35,7 +35,7 @@ import torch
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.config import PRESETS, preset
 from fastwam.model import Context, FastWAM, WanComponents, build_random_components
-from fastwam.model.action_loop import COMPILE_MODES
+from fastwam.model.action_loop import COMPILE_MODES, ActionLoop
 from fastwam.model.wan import build_tokenizer
 
 # Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
@@ -140,6 +140,36 @@ def optimized_vs_eager(model, comp, layout, images, instruction, state, args) ->
     return (fast - ref).abs().max().item(), ref.abs().max().item()
 
 
+@torch.no_grad()
+def profile_kernels(model, comp, layout, images, instruction, state, args) -> None:
+    """Kernel time of fast_wam's prefill + Euler loop, run uncaptured (same kernels as the graphs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    latents = comp.encode_video(video).to(model.dtype)
+    ctx, _ = contexts(model, comp, instruction, state, 1.0)
+    model.infer(latents, ctx)  # builds (and compiles) the loop
+    loop = next(iter(model._action_loops.values()))
+    capture, loop.capture = loop.capture, False
+    noise = torch.randn(1, model.config.action_horizon, model.config.action_dim, device=model.device)
+    for phase, fn in (
+        ("prefix", lambda: loop.prefill(latents, ctx)),
+        ("action loop", lambda: loop.sample(noise)),
+    ):
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+        total = sum(e.self_device_time_total for e in events) / 1e3
+        count = sum(e.count for e in events)
+        print(f"\n{phase}: {count} kernels, {total:.2f} ms of kernel time (uncaptured)")
+        for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.profile]:
+            print(f"  {e.self_device_time_total / 1e3:8.3f} ms {e.count:6d}x  {e.key[:110]}")
+    loop.capture = capture
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
@@ -161,6 +191,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--compile", default="none", choices=list(COMPILE_MODES))
     ap.add_argument(
+        "--inductor-mode",
+        default=None,
+        help="torch.compile mode of the fused Wan block under --compile torch_compile "
+        "(e.g. max-autotune-no-cudagraphs; default: inductor's default)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile fast_wam's prefix + action loop with its graphs off and print the "
+        "N most expensive GPU kernels (where the time goes inside the graphs)",
+    )
+    ap.add_argument(
         "--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest VAE conv algorithms"
     )
     ap.add_argument(
@@ -174,6 +218,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    ActionLoop.inductor_mode = args.inductor_mode
     if args.runs is None:
         args.runs = 100 if device.type == "cuda" else 10
     dtype = getattr(torch, args.dtype)
@@ -290,6 +335,9 @@ def main() -> None:
                 print(
                     f"{variant} / fast_wam: total latency {total:.1f}x, model only (prefix + actions) {model:.1f}x"
                 )
+
+    if args.profile and "fast_wam" in models and device.type == "cuda":
+        profile_kernels(models["fast_wam"], comp, layout, images, instruction, state, args)
 
 
 if __name__ == "__main__":
