@@ -28,6 +28,7 @@ ARGUMENTS = {
     "rviz": ("false", "start RViz with rviz/fastwam.rviz"),
     "device": ("auto", "torch device (auto, cpu, cuda, cuda:N)"),
     "dtype": ("auto", "inference dtype (auto, float32, bfloat16, float16)"),
+    "compile": ("auto", "inference graphs (auto, none, cudagraph, torch_compile)"),
     "bag_dir": ("~/fastwam_bags", "where ros2 bag record writes (record:=true)"),
     "seed": ("0", "towel start pose seed of the simulated robot (use_sim:=true)"),
 }
@@ -65,6 +66,7 @@ def launch_setup(context, *args, **kwargs):
                     "motion_enabled": not _flag(context, "dry_run"),
                     "device": context.launch_configurations["device"],
                     "dtype": context.launch_configurations["dtype"],
+                    "compile": context.launch_configurations["compile"],
                 }
             ],
         ),

@@ -261,6 +261,13 @@ class FastWAMPolicyNode(Node):
             "auto",
             "Inference dtype: auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16",
         )
+        declare(
+            "compile",
+            "auto",
+            "How the cached prefix + action loop run: auto (torch_compile on cuda, none on cpu), none "
+            "(eager), cudagraph (CUDA graphs), torch_compile (inductor-fused layers in CUDA graphs; "
+            "compiles during the warm-up runs, falls back to eager if compilation fails)",
+        )
         declare("seed", 0, "Seed of the sampler's noise generator (flow matching starts from noise)")
         declare("warmup_runs", 1, "Inference runs on blank images at start-up before the node is ready")
 
@@ -494,8 +501,13 @@ class FastWAMPolicyNode(Node):
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype_name not in dtypes:
             raise ValueError(f"parameter 'dtype' must be auto or one of {sorted(dtypes)}, got {dtype_name!r}")
-        self.get_logger().info(f"loading {checkpoint} on {device} ({dtype_name})")
-        policy = FastWAMPolicy.from_pretrained(checkpoint, device=device, dtype=dtypes[dtype_name])
+        compile_mode = self.get_parameter("compile").value
+        if compile_mode == "auto":
+            compile_mode = "torch_compile" if device.startswith("cuda") else "none"
+        self.get_logger().info(f"loading {checkpoint} on {device} ({dtype_name}, compile {compile_mode})")
+        policy = FastWAMPolicy.from_pretrained(
+            checkpoint, device=device, dtype=dtypes[dtype_name], compile=compile_mode
+        )
         # Action dims map to joints through the checkpoint's robot spec, checked against the config.
         policy.robot.check_matches(self.config.robot)
         if policy.camera_layout != self.config.cameras:
