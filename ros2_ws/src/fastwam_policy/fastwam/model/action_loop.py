@@ -167,9 +167,9 @@ def folded_modulation(table: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
 class ActionLoop:
     """Static-shape prefix + Euler loop for one (batch, prefix length, context length, steps, CFG).
 
-    ``run(prefix_latents, ctx, noise, prefix_mask)`` -> (actions [B, H, A] fp32, the cache it
-    filled); ``prefill`` and ``sample`` are the two stages (timed separately by ``FastWAM.infer``).
-    The returned actions are a fresh tensor; the cache is the loop's own (overwritten next call).
+    ``prefill(prefix_latents, ctx, prefix_mask)`` fills the cache from an observation;
+    ``sample(noise)`` -> actions [B, H, A] fp32 (the two stages ``FastWAM.infer`` times). The
+    returned actions are a fresh tensor; the cache is the loop's own (overwritten next call).
     """
 
     inductor_mode: str | None = None  # torch.compile mode of the layer ("torch_compile")
