@@ -16,6 +16,7 @@ layout (``WanComponents.save_pretrained``), so tests exercise the real loading p
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from torch.overrides import TorchFunctionMode
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from fastwam.config import PROMPT_TEMPLATE, FastWAMConfig
+
+log = logging.getLogger(__name__)
 
 COMPONENT_FOLDERS = ("vae", "text_encoder", "tokenizer")
 
@@ -203,7 +206,11 @@ class WanComponents:
         vae_dtype = next(self.vae.parameters()).dtype
         video = video.to(self.device, vae_dtype)
         if self.capture_encode and video.device.type == "cuda":
-            return self._graphed_encode(video)
+            try:
+                return self._graphed_encode(video)
+            except RuntimeError as err:  # a VAE whose encode cannot be captured: keep encoding
+                log.warning("CUDA graph capture of the VAE encode failed (%s); encoding eagerly", err)
+                self.capture_encode = False
         return self._encode(video)
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
