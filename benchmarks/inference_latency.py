@@ -8,13 +8,15 @@ same seed gives all variants identical weights.
 
     python benchmarks/inference_latency.py --preset small --device cpu --runs 10
     python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16 \
-        --compile cudagraph                                   # CUDA graphs for prefix + action loop
+        --compile torch_compile        # fused Wan block in CUDA graphs, graphed VAE (the fastest)
     python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16 \
         --wan-dir /models/Wan2.2-TI2V-5B-Diffusers          # real frozen components
     python benchmarks/inference_latency.py --preset wan22-5b --device cuda --dtype bfloat16  # all random
 
 ``--compile`` selects how the cached prefix + action loop run (fast_wam and IDM's action stage):
-none (static loop, eager), cudagraph (captured CUDA graphs; eager replay on CPU) or torch_compile.
+none (static loop, eager), cudagraph (captured CUDA graphs; eager replay on CPU) or torch_compile
+(the inductor-fused Wan block, inside those graphs on CUDA). The capturing modes also graph the VAE
+encode on CUDA, as ``FastWAMPolicy`` does.
 After the timed runs the action chunk of the optimized path is compared with the eager reference
 (``build_action_cache`` + ``sample_actions``, module by module) on the same noise: max abs diff.
 On CUDA the peak allocated memory per variant is reported.
