@@ -187,6 +187,20 @@ def test_idm_actions_through_the_loop_equal_the_eager_path(device):
     assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
 
 
+@torch.no_grad()
+def test_blocks_without_a_cross_attention_norm_run_through_the_loop():
+    """``cross_attn_norm=False`` makes diffusers' norm2 an Identity: the functional block skips it."""
+    import dataclasses
+
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    model = FastWAM(cfg.replace(video=dataclasses.asdict(cfg.video) | {"cross_attn_norm": False})).eval()
+    assert isinstance(model.video.blocks[0].norm2, torch.nn.Identity)
+    first, state = _observation(model, 12)
+    for mode in ("none", "torch_compile"):
+        _check(model, mode, first, state, _instruction(model, 1), 1.0, seed=5, what=f"no norm2 ({mode})")
+
+
 def test_unknown_compile_mode_is_refused():
     with pytest.raises(ValueError, match="compile mode"):
         check_compile_mode("graphs")

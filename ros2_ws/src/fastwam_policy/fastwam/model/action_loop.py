@@ -69,18 +69,20 @@ def pair_swap(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
-def block_weights(blk) -> tuple[torch.Tensor, ...]:
-    """A diffusers ``WanTransformerBlock``'s tensors in ``block_layer``'s order (detached views)."""
+def block_weights(blk) -> tuple[torch.Tensor | None, ...]:
+    """A diffusers ``WanTransformerBlock``'s tensors in ``block_layer``'s order (detached views;
+    None for norm2's affine when the block has no cross-attention norm)."""
     a1, a2, ff = blk.attn1, blk.attn2, blk.ffn.net
+    norm2 = getattr(blk.norm2, "weight", None), getattr(blk.norm2, "bias", None)
     ts = (
         a1.to_q.weight, a1.to_q.bias, a1.norm_q.weight,
         a1.to_k.weight, a1.to_k.bias, a1.norm_k.weight,
         a1.to_v.weight, a1.to_v.bias, a1.to_out[0].weight, a1.to_out[0].bias,
-        blk.norm2.weight, blk.norm2.bias,
+        *norm2,
         a2.to_q.weight, a2.to_q.bias, a2.norm_q.weight, a2.to_out[0].weight, a2.to_out[0].bias,
         ff[0].proj.weight, ff[0].proj.bias, ff[2].weight, ff[2].bias,
     )  # fmt: skip
-    return tuple(t.detach() for t in ts)
+    return tuple(None if t is None else t.detach() for t in ts)
 
 
 def block_constants(blk) -> dict:
@@ -91,7 +93,7 @@ def block_constants(blk) -> dict:
         eps1=blk.norm1.eps,
         eps_q=a1.norm_q.eps,
         eps_k=a1.norm_k.eps,
-        eps2=blk.norm2.eps,
+        eps2=getattr(blk.norm2, "eps", 0.0),  # nn.Identity without a cross-attention norm
         eps_cq=a2.norm_q.eps,
         eps3=blk.norm3.eps,
     )
@@ -99,7 +101,7 @@ def block_constants(blk) -> dict:
 
 def block_layer(
     h: torch.Tensor,
-    w: tuple[torch.Tensor, ...],
+    w: tuple[torch.Tensor | None, ...],
     mods: torch.Tensor,
     kbuf: torch.Tensor,
     vbuf: torch.Tensor,
@@ -146,7 +148,7 @@ def block_layer(
     o = F.linear(o.transpose(1, 2).flatten(2).to(dt), o_w, o_b)
     h = torch.addcmul(h.float(), o, gate).to(dt)
     # Cross-attention to the context (static K/V).
-    n = F.layer_norm(h.float(), (d,), n2_w.float(), n2_b.float(), eps2).to(dt)
+    n = h if n2_w is None else F.layer_norm(h.float(), (d,), n2_w.float(), n2_b.float(), eps2).to(dt)
     q = F.rms_norm(F.linear(n, cq_w, cq_b), (cq_w.shape[0],), cnq_w, eps_cq)
     o = F.scaled_dot_product_attention(q.unflatten(2, (heads, -1)).transpose(1, 2), ck, cv)
     h = h + F.linear(o.transpose(1, 2).flatten(2).to(dt), co_w, co_b)
