@@ -100,6 +100,11 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def composite_video(layout: CameraLayout, images, device) -> torch.Tensor:
+    """Camera images -> the one-frame composite clip [1, 3, 1, H, W] in [-1, 1] on ``device``."""
+    return composite_to_tensor(layout.compose(images))[None, :, None].to(device)
+
+
 @torch.no_grad()
 def contexts(model, comp, instruction, state, cfg_scale: float):
     """The instruction's context and, with CFG, the empty prompt's (both with the state token)."""
@@ -115,7 +120,7 @@ def count_flops(model, comp, layout, images, instruction, state, args) -> dict[s
     """FLOPs of one call (instruction cached): the VAE encode and the model (prefix + actions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    video = composite_video(layout, images, model.device)
     ctx, uncond = contexts(model, comp, instruction, state, args.cfg_scale)
     with FlopCounterMode(display=False) as vae_counter:
         # The stock call: the counter does not know the oneDNN conv that encode_video uses on CPU.
@@ -130,7 +135,7 @@ def count_flops(model, comp, layout, images, instruction, state, args) -> dict[s
 def optimized_vs_eager(model, comp, layout, images, instruction, state, args) -> tuple[float, float]:
     """Max abs difference of the action chunk: the timed path (static loop, --compile) vs the
     module-by-module reference (build_action_cache + sample_actions), same inputs, same noise."""
-    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    video = composite_video(layout, images, model.device)
     latents = comp.encode_video(video).to(model.dtype)
     ctx, uncond = contexts(model, comp, instruction, state, args.cfg_scale)
     gen = torch.Generator(device=model.device)
@@ -147,7 +152,7 @@ def profile_kernels(model, comp, layout, images, instruction, state, args) -> No
     """Kernel time of fast_wam's prefill + Euler loop, run uncaptured (same kernels as the graphs)."""
     from torch.profiler import ProfilerActivity, profile
 
-    video = composite_to_tensor(layout.compose(images))[None, :, None].to(model.device)
+    video = composite_video(layout, images, model.device)
     latents = comp.encode_video(video).to(model.dtype)
     ctx, _ = contexts(model, comp, instruction, state, 1.0)
     model.infer(latents, ctx)  # builds (and compiles) the loop
@@ -270,7 +275,7 @@ def main() -> None:
                     uncond = model.with_state(model.encode_instruction(ue, um), state)
                 sync()
                 t1 = time.perf_counter()
-                video = composite_to_tensor(layout.compose(images))[None, :, None].to(device)
+                video = composite_video(layout, images, device)
                 latents = comp.encode_video(video)
                 sync()
                 t2 = time.perf_counter()
