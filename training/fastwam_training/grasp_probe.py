@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ARMS = ("left", "right")
-
 
 @dataclass(frozen=True)
 class ProbeStats:
@@ -69,7 +67,7 @@ def probe_policy(
     prediction starts from the same noise (``seed``), so poses differ only in what the policy sees."""
     import torch
 
-    from fastwam.sim.env import SimParams, TowelFoldEnv
+    from fastwam.sim.env import ARMS, SimParams, TowelFoldEnv
     from fastwam.sim.teleop import ScriptedFolder
 
     env = TowelFoldEnv(policy.robot, policy.camera_layout.keys, params or SimParams())
