@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import AutoTokenizer
 
 from fastwam.config import PROMPT_TEMPLATE, preset
@@ -85,6 +86,35 @@ def test_one_frame_encode_uses_the_fast_cpu_kernels_with_the_same_result(wan_dir
     assert "aten::mkldnn_convolution" in names and "aten::slow_conv3d_forward" not in names
     assert "aten::linalg_vector_norm" not in names
     assert (ours - stock).abs().max().item() <= 1e-5
+
+
+@torch.no_grad()
+def test_one_frame_encode_convolves_the_real_frame_only_with_the_stock_result(wan_dir):
+    """A one-frame clip: each causal conv would see [0, 0, frame]; ours sees the frame alone."""
+    cfg = preset("tiny")
+    comp = WanComponents.from_pretrained(wan_dir, cfg.text_max_length)
+    video = torch.rand(2, 3, 1, 64, 32) * 2 - 1
+    stock = comp.vae.encode(video).latent_dist.mode()
+    mean = torch.tensor(cfg.vae["latents_mean"]).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.vae["latents_std"]).view(1, -1, 1, 1, 1)
+
+    class Conv3dShapes(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []  # (input frames, kernel frames)
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.nn.functional.conv3d, torch.mkldnn_convolution):  # (CPUEncodeKernels)
+                self.seen.append((args[0].shape[2], args[1].shape[2]))
+            return func(*args, **(kwargs or {}))
+
+    with Conv3dShapes() as stock_convs:
+        comp.vae.encode(video)
+    assert any(t == k == 3 for t, k in stock_convs.seen)  # the zero-padded causal convs
+    with Conv3dShapes() as convs:  # entered first: sees the calls after FirstFrameCausalConv
+        ours = comp.encode_video(video)
+    assert convs.seen and all(t == k == 1 for t, k in convs.seen)
+    assert (ours - (stock - mean) / std).abs().max().item() <= 1e-5
 
 
 def test_encode_text_applies_the_template_pads_and_masks(wan_dir):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -109,6 +110,35 @@ class CPUEncodeKernels(TorchFunctionMode):
         elif func is F.normalize:
             redirected = _sum_normalize(*args, **kwargs)
         return func(*args, **kwargs) if redirected is None else redirected
+
+
+class FirstFrameCausalConv(TorchFunctionMode):
+    """Causal convolutions of a one-frame encode over the real frame only, same math.
+
+    Encoding a clip of one frame, every ``WanCausalConv3d`` of the encoder runs on its first chunk
+    (no feature cache yet), so diffusers pads the one frame in front with kt - 1 zero frames and
+    convolves [0, .., 0, x] with the kt-deep kernel: (kt - 1) / kt of the work (2/3 for Wan's 3x3x3)
+    multiplies zeros. Here such a call (input exactly kt frames deep, one output frame) becomes the
+    same convolution of the last frame with the kernel's last temporal slice. Only valid where the
+    leading frames are that zero padding, so ``WanComponents`` enters it for one-frame clips alone.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv3d or func is torch.conv3d:
+            args = _last_frame_conv_args(*args, **kwargs)
+            kwargs = {}
+        return func(*args, **kwargs)
+
+
+def _last_frame_conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    def first(v):
+        return v[0] if isinstance(v, (tuple, list)) else v
+
+    kt = weight.shape[2]
+    if kt > 1 and input.shape[2] == kt and first(padding) == 0 and first(dilation) == 1:
+        input, weight = input[:, :, -1:], weight[:, :, -1:].contiguous()
+    return input, weight, bias, stride, padding, dilation, groups
 
 
 def _sum_normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
@@ -214,7 +244,7 @@ class WanComponents:
         return self._encode(video)
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
-        with CPUEncodeKernels():
+        with CPUEncodeKernels(), FirstFrameCausalConv() if video.shape[2] == 1 else nullcontext():
             mu = self.vae.encode(video).latent_dist.mode()
         mean, std = self._latent_stats(mu.device, mu.dtype)
         return (mu - mean) / std
