@@ -38,7 +38,7 @@ from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.config import PRESETS, preset
 from fastwam.model import Context, FastWAM, WanComponents, build_random_components
 from fastwam.model.action_loop import COMPILE_MODES, ActionLoop
-from fastwam.model.wan import build_tokenizer
+from fastwam.model.wan import FirstFrameCausalConv, build_tokenizer
 
 # Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
 WAN22_VAE = dict(
@@ -122,8 +122,9 @@ def count_flops(model, comp, layout, images, instruction, state, args) -> dict[s
 
     video = composite_video(layout, images, model.device)
     ctx, uncond = contexts(model, comp, instruction, state, args.cfg_scale)
-    with FlopCounterMode(display=False) as vae_counter:
-        # The stock call: the counter does not know the oneDNN conv that encode_video uses on CPU.
+    with FlopCounterMode(display=False) as vae_counter, FirstFrameCausalConv():
+        # encode_video's convolutions, without its CPU kernel routing: the counter does not know
+        # the oneDNN conv used on CPU.
         comp.vae.encode(video.to(next(comp.vae.parameters()).dtype))
     latents = comp.encode_video(video)
     with FlopCounterMode(display=False) as model_counter:
