@@ -49,8 +49,8 @@ VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
 RANDOM_INIT = "random_init"
 STAGES = ("record", "convert", "train", "random", "eval", "report")
 # Scripted episodes in the recorder (simulated seconds, divided by the time scale) and conversion, per
-# demo, and training, per sample of the sim preset on 2 CPU cores (fast_wam and no_cotrain
-# averaged): for the time estimate printed before the run.
+# demo, and training, per sample of the sim preset on 2 CPU cores (the variants with future video
+# ~2x no_cotrain; the latent cache included): for the time estimate printed before the run.
 RECORD_SECONDS_PER_DEMO = 11.5
 CONVERT_SECONDS_PER_DEMO = 2.5
 # The simulated robot's speed while recording: the largest of 2, 3, 4 measured loss-free on 2 busy
@@ -58,7 +58,7 @@ CONVERT_SECONDS_PER_DEMO = 2.5
 # episode as at 1x, within the 1x runs' own +-1). 4x kept every frame but its episodes converted to
 # 1-3 frames fewer (a shorter span covered by every topic).
 RECORD_TIME_SCALE = 3.0
-SECONDS_PER_TRAIN_SAMPLE = 0.014
+SECONDS_PER_TRAIN_SAMPLE = {"fast_wam": 0.020, "no_cotrain": 0.009, "joint": 0.020, "idm": 0.025}
 
 
 def default_train_config() -> Path:
@@ -656,7 +656,7 @@ def estimate_minutes(s: Settings) -> float:
     train = load_config(s.train_config, s.trainer_overrides("fast_wam")).train
     samples = (s.steps or train.max_steps) * train.batch_size * train.grad_accum
     per_demo = RECORD_SECONDS_PER_DEMO / s.record_time_scale + CONVERT_SECONDS_PER_DEMO
-    return (s.demos * per_demo + len(s.variants) * samples * SECONDS_PER_TRAIN_SAMPLE) / 60.0
+    return (s.demos * per_demo + sum(samples * SECONDS_PER_TRAIN_SAMPLE[v] for v in s.variants)) / 60.0
 
 
 def prepare_default_checkpoint(out: str | os.PathLike[str], robot_config: str | os.PathLike[str]) -> Path:
