@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastwam.sim.env import ARMS, EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_training.sim_rollout import load_in_sim
+
 
 @dataclass(frozen=True)
 class ProbeStats:
@@ -60,17 +63,14 @@ def probe_stats(predicted: np.ndarray, target: np.ndarray) -> ProbeStats:
     )
 
 
-def probe_policy(
-    policy, seeds, instruction: str = "fold the towel", params=None, seed: int = 0
-) -> ProbeStats:
-    """Run the probe for ``policy`` (a ``FastWAMPolicy``) over the towel poses of ``seeds``; every
-    prediction starts from the same noise (``seed``), so poses differ only in what the policy sees."""
+def probe_policy(policy, env, seeds, instruction: str = "fold the towel", seed: int = 0) -> ProbeStats:
+    """Run the probe for ``policy`` (a ``FastWAMPolicy``) in ``env`` (a ``TowelFoldEnv`` for its
+    robot and cameras) over the towel poses of ``seeds``; every prediction starts from the same
+    noise (``seed``), so poses differ only in what the policy sees."""
     import torch
 
-    from fastwam.sim.env import ARMS, SimParams, TowelFoldEnv
     from fastwam.sim.teleop import ScriptedFolder
 
-    env = TowelFoldEnv(policy.robot, policy.camera_layout.keys, params or SimParams())
     spec = policy.robot
     predicted, target = [], []
     for pose in seeds:
@@ -106,19 +106,21 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="checkpoint directory (checkpoint.json + model.safetensors)")
     ap.add_argument("--train-seeds", type=_seed_range, default=range(0, 20), help="start:stop")
-    ap.add_argument("--held-seeds", type=_seed_range, default=range(100000, 100020), help="start:stop")
-    ap.add_argument("--image-size", default="240x320", help="simulated camera HxW (as the experiment)")
+    ap.add_argument(
+        "--held-seeds", type=_seed_range, default=range(EVAL_SEED, EVAL_SEED + 20), help="start:stop"
+    )
+    ap.add_argument(
+        "--image-size",
+        type=image_size_arg,
+        default=SIM_IMAGE_SIZE,
+        help="simulated camera HxW (as the experiment)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     args = ap.parse_args(argv)
 
-    from fastwam.policy import FastWAMPolicy
-    from fastwam.sim.env import SimParams
-
-    h, w = (int(v) for v in args.image_size.split("x"))
-    params = SimParams(image_height=h, image_width=w)
-    policy = FastWAMPolicy.from_pretrained(args.checkpoint)
+    policy, env = load_in_sim(args.checkpoint, args.image_size)
     for name, seeds in (("training poses", args.train_seeds), ("held-out poses", args.held_seeds)):
-        print(format_stats(name, probe_policy(policy, seeds, params=params, seed=args.seed)))
+        print(format_stats(name, probe_policy(policy, env, seeds, seed=args.seed)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -75,7 +77,9 @@ def summary(rollouts: Sequence[Rollout]) -> str:
 _worker: dict = {}
 
 
-def _load(checkpoint: str, image_size: tuple[int, int]):
+def load_in_sim(checkpoint: str, image_size: tuple[int, int]):
+    """(``FastWAMPolicy`` of ``checkpoint``, ``TowelFoldEnv`` for its robot and cameras rendering
+    image_size = (H, W))."""
     from fastwam.policy import FastWAMPolicy
     from fastwam.sim.env import SimParams, TowelFoldEnv
 
@@ -88,7 +92,7 @@ def _init_worker(checkpoint: str, image_size: tuple[int, int]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _worker["policy"], _worker["env"] = _load(checkpoint, image_size)
+    _worker["policy"], _worker["env"] = load_in_sim(checkpoint, image_size)
 
 
 def _run_one(seed: int, instruction: str, replan: int, timeout_s: float) -> Rollout:
@@ -99,7 +103,7 @@ def run_rollouts(
     checkpoint: str,
     seeds: Iterable[int],
     workers: int = 1,
-    image_size: tuple[int, int] = (240, 320),
+    image_size: tuple[int, int] = SIM_IMAGE_SIZE,
     instruction: str = "fold the towel",
     replan: int = 16,
     timeout_s: float = 12.0,
@@ -109,7 +113,7 @@ def run_rollouts(
     (or in this process for workers=1, with torch's threads as they are); in seed order."""
     seeds = list(seeds)
     if workers <= 1:
-        policy, env = _load(checkpoint, image_size)
+        policy, env = load_in_sim(checkpoint, image_size)
         results = []
         for seed in seeds:
             results.append(rollout(policy, env, seed, instruction, replan, timeout_s))
@@ -135,17 +139,21 @@ def main(argv: list[str] | None = None) -> list[Rollout]:
     ap.add_argument("checkpoint", help="checkpoint directory (checkpoint.json + model.safetensors)")
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument(
-        "--seed", type=int, default=100000, help="first pose seed (the experiment's held-out seeds)"
+        "--seed", type=int, default=EVAL_SEED, help="first pose seed (the experiment's held-out seeds)"
     )
     ap.add_argument("--replan", type=int, default=16, help="control steps executed per predicted chunk")
     ap.add_argument("--timeout", type=float, default=12.0, help="simulated seconds per episode")
     ap.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
-    ap.add_argument("--image-size", default="240x320", help="simulated camera HxW (as the experiment)")
+    ap.add_argument(
+        "--image-size",
+        type=image_size_arg,
+        default=SIM_IMAGE_SIZE,
+        help="simulated camera HxW (as the experiment)",
+    )
     ap.add_argument("--instruction", default="fold the towel")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
-    h, w = (int(v) for v in args.image_size.split("x"))
 
     def show(r: Rollout) -> None:
         time = f"{r.completion_s:.1f} s" if r.success else "-"
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[Rollout]:
         args.checkpoint,
         range(args.seed, args.seed + args.episodes),
         workers=args.workers,
-        image_size=(h, w),
+        image_size=args.image_size,
         instruction=args.instruction,
         replan=args.replan,
         timeout_s=args.timeout,

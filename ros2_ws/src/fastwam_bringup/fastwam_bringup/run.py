@@ -39,15 +39,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
 from fastwam.robot_config import load_robot_config
+from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
 
 SIM_CONFIG = "r1_lite_sim.yaml"  # the simulation experiment's robot config (192x160 composite)
 DEFAULT_EXPERIMENT_DIR = "runs/sim_towel_fold"
-# Rendered camera size of the simulated robot in the runner and the simulation experiment: the
-# policy's layout is at most 256x320 per view, so 480x640 renders would only cost 4x the CPU.
-SIM_IMAGE_SIZE = (240, 320)
 RANDOM_CHECKPOINT = "random"
-# Towel start poses: demonstrations use seeds from 0, evaluation seeds from here (held out).
-EVAL_SEED = 100_000
 QUIET_LOGGERS = ("fastwam_policy", "sim_robot", "recorder", "fastwam_run_monitor")  # node names
 _STATE_NAMES = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
 
@@ -63,17 +59,6 @@ def default_config_path(name: str = SIM_CONFIG) -> str:
     except Exception:
         pass
     return str(Path(__file__).resolve().parents[1] / "config" / name)
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        message = f"image size must be HEIGHTxWIDTH (e.g. 240x320), got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
-    return height, width
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--image-size",
-        type=_image_size,
+        type=image_size_arg,
         default=SIM_IMAGE_SIZE,
         help="rendered camera size HEIGHTxWIDTH of the simulated robot (default %(default)s)",
     )

@@ -41,7 +41,8 @@ from typing import Any
 from tqdm import tqdm
 
 from fastwam.robot_config import load_robot_config
-from fastwam_bringup.run import EVAL_SEED, SIM_CONFIG, SIM_IMAGE_SIZE, default_config_path, percentile
+from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE
+from fastwam_bringup.run import SIM_CONFIG, default_config_path, percentile
 
 DEFAULT_OUT = "runs/sim_towel_fold"
 TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository

@@ -10,6 +10,7 @@ in the camera images.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,24 @@ from fastwam.sim.towel import Towel, TowelPose
 ARMS = ("left", "right")
 CAMERAS = ("head", "wrist_left", "wrist_right")
 GRIPPER_OPEN = 0.05  # m, the R1 Lite's stroke
+# Towel start poses: demonstrations use seeds from 0, evaluation seeds from here (held out).
+EVAL_SEED = 100_000
+# Rendered camera size in the runner, the simulation experiment and its ROS-free tools: the policy's
+# layout is at most 256x320 per view, so 480x640 renders would only cost 4x the CPU.
+SIM_IMAGE_SIZE = (240, 320)
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """argparse type for a simulated camera size "HxW"."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"image size must be HEIGHTxWIDTH (e.g. 240x320), got {text!r}"
+        ) from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
 
 
 @dataclass(frozen=True)
