@@ -149,18 +149,19 @@ class Trainer:
         # -- optimization --------------------------------------------------------------------------
         self.optimizer = build_optimizer(self.model.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
-        self.ema = EMA(self.model.parameters(), train.ema_decay) if train.ema_decay else None
         sharded = acc.distributed_type == DistributedType.FSDP
         if acc.distributed_type == DistributedType.DEEPSPEED:
             ds = acc.state.deepspeed_plugin
             sharded = ds.zero_stage == 3
             # No dataloader goes through prepare(), so DeepSpeed cannot infer its "auto" batch size.
             ds.deepspeed_config["train_micro_batch_size_per_gpu"] = train.batch_size
-        if self.ema is not None and sharded:
+        if train.ema_decay and sharded:
             raise ValueError(
                 "train.ema_decay: EMA needs whole local weights (1 process, DDP, ZeRO-2), not FSDP/ZeRO-3"
             )
         self.loss_module, self.optimizer = acc.prepare(LossModule(self.model), self.optimizer)
+        # After prepare(): the shadow weights are copied where the model now lives (the GPU).
+        self.ema = EMA(self.model.parameters(), train.ema_decay) if train.ema_decay else None
         acc.register_for_checkpointing(self.scheduler)
         if self.ema is not None:
             acc.register_for_checkpointing(self.ema)

@@ -200,3 +200,17 @@ def test_cli_trains_and_resumes(dataset, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "done: step 4" in out.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the EMA must follow the model there)")
+def test_ema_trains_on_the_accelerator(dataset, tmp_path):
+    config = _config(
+        dataset,
+        tmp_path / "run",
+        train={"max_steps": 2, "batch_size": 4, "ema_decay": 0.5, "cpu": False, "mixed_precision": "no"},
+        checkpoint={"every": 2},
+    )
+    trainer = Trainer(config)
+    trainer.train()
+    assert all(s.device == p.device for s, p in zip(trainer.ema.shadow, trainer.ema.params, strict=True))
+    assert (tmp_path / "run/checkpoints/step_0000002/model_ema/model.safetensors").is_file()
