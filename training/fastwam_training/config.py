@@ -218,8 +218,11 @@ def _build(cls, data: dict[str, Any], where: str, extra: dict[str, Any] | None =
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """YAML 1.1 reads `1e-4` as a string: turn numeric strings into the field's number type."""
+    """YAML 1.1 reads `1e-4` as a string: turn numeric strings into the field's number type. It also
+    reads `no` as False: a text field given a YAML boolean gets the word back (`mixed_precision=no`)."""
     kinds = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool) and str in kinds and bool not in kinds:
+        return "yes" if value else "no"
     if isinstance(value, str) and float in kinds:
         try:
             return float(value)

@@ -38,3 +38,9 @@ def test_shipped_configs(name, size, action_dim, state_dim, steps):
     for variant in ("fast_wam", "joint", "idm", "no_cotrain"):
         assert load_config(CONFIGS / f"{name}.yaml", [f"model.variant={variant}"]).model.variant == variant
     assert preset(config.model.preset).variant == "fast_wam"
+
+
+def test_yaml_booleans_in_text_fields_read_as_words():
+    # YAML 1.1 reads `no` as False; accelerate's "no mixed precision" is the word.
+    config = load_config(CONFIGS / "tiny_synthetic.yaml", ["train.mixed_precision=no"])
+    assert config.train.mixed_precision == "no"
