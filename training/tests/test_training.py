@@ -202,7 +202,9 @@ def test_cli_trains_and_resumes(dataset, tmp_path):
     assert "done: step 4" in out.stdout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the EMA must follow the model there)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (the EMA must follow the model there)"
+)
 def test_ema_trains_on_the_accelerator(dataset, tmp_path):
     config = _config(
         dataset,
