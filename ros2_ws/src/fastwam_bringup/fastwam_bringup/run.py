@@ -266,6 +266,7 @@ def add_policy(
     motion_enabled: bool,
     device: str = "cpu",
     dtype: str = "float32",
+    sampler_seed: int | None = None,
 ):
     try:
         from fastwam_policy.policy_node import FastWAMPolicyNode
@@ -282,6 +283,8 @@ def add_policy(
         Parameter("device", value=device),
         Parameter("dtype", value=dtype),
     ]
+    if sampler_seed is not None:
+        overrides.append(Parameter("seed", value=int(sampler_seed)))
     return comp.add(FastWAMPolicyNode(context=comp.context, parameter_overrides=overrides))
 
 
@@ -386,6 +389,7 @@ class PolicyEpisodeResult:
     commands: int = 0  # JointState commands on the robot's command topics, all groups
     policy_state: str = ""  # the policy node's last reported state
     wall_s: float = 0.0
+    sampler_seed: int | None = None  # the policy node's `seed` parameter in this episode
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -406,14 +410,18 @@ def run_policy_episode(
 ) -> PolicyEpisodeResult:
     """One policy-driven episode on towel seed `seed`, motion enabled, ending at the first success
     or after `timeout_s` of simulated time. The policy node loads and warms up its model before the
-    simulated robot exists, so model loading is not part of the episode."""
+    simulated robot exists, so model loading is not part of the episode.
+
+    The policy node's sampler noise is seeded with the pose seed. Every episode starts a new node,
+    so one fixed seed would give every episode the same noise: their outcomes would be correlated
+    (one draw of the noise sequence, not M), and the success rate that of that draw."""
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     config = load_robot_config(robot_config)
     with Composition(quiet=quiet) as comp:
         monitor = add_monitor(comp, config)
-        add_policy(comp, str(robot_config), checkpoint, instruction=instruction, motion_enabled=True,
-                   device=device, dtype=dtype)  # fmt: skip
+        policy = add_policy(comp, str(robot_config), checkpoint, instruction=instruction,
+                            motion_enabled=True, device=device, dtype=dtype, sampler_seed=seed)  # fmt: skip
         wait_for_policy(comp, monitor, checkpoint, startup_timeout_s)
         sim = add_sim(
             comp,
@@ -449,6 +457,7 @@ def run_policy_episode(
             commands=sum(monitor.commands.values()),
             policy_state=monitor.policy_state,
             wall_s=wall_s,
+            sampler_seed=int(policy.get_parameter("seed").value),
         )
 
 

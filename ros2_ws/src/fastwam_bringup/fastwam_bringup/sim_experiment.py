@@ -431,6 +431,7 @@ def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list
             "timeout_s": s.eval_timeout_s,
             "instruction": s.instruction,
             "device": s.device,
+            "sampler_seed": "pose",  # the policy node's noise seeded per episode (run_policy_episode)
         }
         path = s.out / "eval" / f"{name}.json"
         rows: list[dict[str, Any]] = []

@@ -123,6 +123,7 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     for row in results["episodes"]:
         assert 0.0 < row["duration_s"] <= 2.5 and 0.0 <= row["progress"] <= 1.0
         assert isinstance(row["chunk_latencies_ms"], list) and row["commands"] >= 0
+        assert row["sampler_seed"] == row["seed"]  # read back from the policy node
     assert set(results["stage_timings"]) == {"record", "convert", "train", "random", "eval"}
     assert all(t["status"] == "ran" for t in results["stage_timings"].values()), results["stage_timings"]
     report = (out / "report.md").read_text()
