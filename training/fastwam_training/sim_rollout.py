@@ -77,22 +77,27 @@ def summary(rollouts: Sequence[Rollout]) -> str:
 _worker: dict = {}
 
 
-def load_in_sim(checkpoint: str, image_size: tuple[int, int]):
+def load_in_sim(checkpoint: str, image_size: tuple[int, int], action_samples: int | None = None):
     """(``FastWAMPolicy`` of ``checkpoint``, ``TowelFoldEnv`` for its robot and cameras rendering
-    image_size = (H, W))."""
+    image_size = (H, W)); ``action_samples``: sampler draws averaged per chunk (None: the
+    checkpoint's)."""
     from fastwam.policy import FastWAMPolicy
     from fastwam.sim.env import SimParams, TowelFoldEnv
 
     policy = FastWAMPolicy.from_pretrained(checkpoint)
+    if action_samples is not None:
+        if action_samples < 1:
+            raise ValueError(f"action_samples must be at least 1, got {action_samples}")
+        policy.num_action_samples = action_samples
     params = SimParams(image_height=image_size[0], image_width=image_size[1])
     return policy, TowelFoldEnv(policy.robot, policy.camera_layout.keys, params)
 
 
-def _init_worker(checkpoint: str, image_size: tuple[int, int]) -> None:
+def _init_worker(checkpoint: str, image_size: tuple[int, int], action_samples: int | None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _worker["policy"], _worker["env"] = load_in_sim(checkpoint, image_size)
+    _worker["policy"], _worker["env"] = load_in_sim(checkpoint, image_size, action_samples)
 
 
 def _run_one(seed: int, instruction: str, replan: int, timeout_s: float) -> Rollout:
@@ -108,12 +113,13 @@ def run_rollouts(
     replan: int = 16,
     timeout_s: float = 12.0,
     on_result=None,
+    action_samples: int | None = None,
 ) -> list[Rollout]:
     """Rollouts of ``checkpoint`` over ``seeds``, in ``workers`` processes of one thread each
     (or in this process for workers=1, with torch's threads as they are); in seed order."""
     seeds = list(seeds)
     if workers <= 1:
-        policy, env = load_in_sim(checkpoint, image_size)
+        policy, env = load_in_sim(checkpoint, image_size, action_samples)
         results = []
         for seed in seeds:
             results.append(rollout(policy, env, seed, instruction, replan, timeout_s))
@@ -124,7 +130,7 @@ def run_rollouts(
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(workers, ctx, _init_worker, (checkpoint, image_size)) as pool:
+    with ProcessPoolExecutor(workers, ctx, _init_worker, (checkpoint, image_size, action_samples)) as pool:
         futures = [pool.submit(_run_one, s, instruction, replan, timeout_s) for s in seeds]
         results = []
         for f in futures:
@@ -151,9 +157,17 @@ def main(argv: list[str] | None = None) -> list[Rollout]:
         help="simulated camera HxW (as the experiment)",
     )
     ap.add_argument("--instruction", default="fold the towel")
+    ap.add_argument(
+        "--action-samples",
+        type=int,
+        default=None,
+        help="sampler draws averaged per chunk (default: the checkpoint's num_action_samples)",
+    )
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
+    if args.action_samples is not None and args.action_samples < 1:
+        ap.error("--action-samples must be at least 1")
 
     def show(r: Rollout) -> None:
         time = f"{r.completion_s:.1f} s" if r.success else "-"
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> list[Rollout]:
         replan=args.replan,
         timeout_s=args.timeout,
         on_result=show,
+        action_samples=args.action_samples,
     )
     print(summary(results))
     return results

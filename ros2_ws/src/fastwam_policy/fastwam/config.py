@@ -73,6 +73,9 @@ class FastWAMConfig:
     sample_shift: float = 5.0  # same map applied to the inference sigma grid; 1.0 = uniform grid
     num_inference_steps: int = 10
     cfg_scale: float = 1.0
+    # Inference: the chunk is the mean of this many sampler draws, all from one pass of the video
+    # branch (the action expert runs them as one batch). 1 = the paper's single draw.
+    num_action_samples: int = 1
     idm_noise_aug_prob: float = 0.5
     idm_noise_aug_max_t: float = 0.5
     # Frozen components built randomly for the small presets (None for wan22-5b: loaded from disk).
@@ -111,6 +114,8 @@ class FastWAMConfig:
             raise ValueError("action_dim and action_horizon must be positive")
         if self.num_inference_steps <= 0:
             raise ValueError("num_inference_steps must be positive")
+        if self.num_action_samples < 1:
+            raise ValueError(f"num_action_samples must be at least 1, got {self.num_action_samples}")
         if self.num_latent_frames + self.action_horizon > self.video.rope_max_seq_len:
             raise ValueError("rope_max_seq_len too small for the video frames + action positions")
 

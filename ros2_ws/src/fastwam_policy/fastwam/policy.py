@@ -59,6 +59,7 @@ class FastWAMPolicy:
         self.normalizer = checkpoint.normalizer
         self.cfg_scale: float = self.config.cfg_scale
         self.num_inference_steps: int = self.config.num_inference_steps
+        self.num_action_samples: int = self.config.num_action_samples  # draws averaged per chunk
         self._text_cache: OrderedDict[str, Context] = OrderedDict()
         self._uncond: Context | None = None
 
@@ -172,6 +173,7 @@ class FastWAMPolicy:
             cfg_scale=self.cfg_scale,
             generator=generator,
             sync=self._sync,
+            samples=self.num_action_samples,
         )
         actions = actions[0].double().cpu().numpy()
         actions = np.asarray(self.normalizer.unnormalize("action", actions), dtype=np.float64)

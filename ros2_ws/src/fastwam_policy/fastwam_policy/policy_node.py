@@ -269,6 +269,12 @@ class FastWAMPolicyNode(Node):
             "compiles during the warm-up runs, falls back to eager if compilation fails)",
         )
         declare("seed", 0, "Seed of the sampler's noise generator (flow matching starts from noise)")
+        declare(
+            "action_samples",
+            0,
+            "Sampler draws averaged into each chunk, all from one pass of the video branch "
+            "(0: the checkpoint's num_action_samples)",
+        )
         declare("warmup_runs", 1, "Inference runs on blank images at start-up before the node is ready")
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -520,6 +526,11 @@ class FastWAMPolicyNode(Node):
                 f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
                 f"{self.config.control.rate_hz:g} Hz"
             )
+        samples = int(self.get_parameter("action_samples").value)
+        if samples < 0:
+            raise ValueError(f"parameter 'action_samples' must be >= 0, got {samples}")
+        if samples:
+            policy.num_action_samples = samples
         generator = torch.Generator(device=device).manual_seed(int(self.get_parameter("seed").value))
         with self._lock:
             self._starting = "warming up"
@@ -541,7 +552,10 @@ class FastWAMPolicyNode(Node):
             self._ready = True
             if self._motion_requested and not self._estop:
                 self._set_motion(True)
-        self.get_logger().info(f"ready: horizon {policy.action_horizon} steps at {policy.fps:g} Hz")
+        self.get_logger().info(
+            f"ready: horizon {policy.action_horizon} steps at {policy.fps:g} Hz, "
+            f"{policy.num_action_samples} sampler draw(s) per chunk"
+        )
         self._publish_status(only_on_change=True)
 
     def _infer(self, request: _Request) -> None:

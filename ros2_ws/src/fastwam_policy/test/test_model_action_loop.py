@@ -170,19 +170,74 @@ def test_loop_cache_holds_the_reference_prefix_kv():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["none", "cudagraph"])
+@pytest.mark.parametrize("scale", [1.0, 2.5])
 @torch.no_grad()
-def test_idm_actions_through_the_loop_equal_the_eager_path(device):
+def test_several_draws_per_chunk_average_the_eager_draws_of_one_prefix(mode, scale, device):
+    """samples=S: the mean of S eager chains, each from its own noise against the same prefix."""
+    model = _model(device=device)
+    first, state = _observation(model, 13)
+    text = _instruction(model, 1)
+    s = 3
+    got, _ = model.infer(
+        first,
+        model.with_state(text[0], state),
+        model.with_state(text[1], state),
+        cfg_scale=scale,
+        generator=torch.Generator().manual_seed(6),
+        compile=mode,
+        samples=s,
+    )
+    assert got.shape == (B, model.config.action_horizon, model.config.action_dim)
+    # The reference: every observation repeated S times (draws of one observation adjacent), one
+    # noise tensor [B * S, H, A] from the same generator, then the mean over each row's draws.
+    rep_first, rep_state = first.repeat_interleave(s, 0), state.repeat_interleave(s, 0)
+    cond, uncond = model.with_state(text[0], rep_state), model.with_state(text[1], rep_state)
+    ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
+    prefix = rep_first if scale == 1.0 else torch.cat([rep_first, rep_first])
+    draws = model.sample_actions(
+        model.build_action_cache(prefix, ctx),
+        B * s,
+        cfg_scale=scale,
+        generator=torch.Generator().manual_seed(6),
+    ).unflatten(0, (B, s))
+    diff = (got - draws.mean(1)).abs().max().item()
+    assert diff <= TOL, f"mean of {s} draws: optimized ({mode}) vs eager max abs diff {diff:.3e}"
+    assert (draws[:, 0] - draws[:, 1]).abs().max() > 1e-3  # the draws differ: the mean is not one draw
+    loop = next(iter(model._action_loops.values()))
+    assert loop.latents.shape[0] == B * (1 if scale == 1.0 else 2)  # one prefix pass per observation
+
+
+@torch.no_grad()
+def test_several_draws_need_the_cached_loop():
+    model = _model("joint")
+    first, state = _observation(model, 14)
+    ctx = model.with_state(_instruction(model, 1)[0], state)
+    with pytest.raises(ValueError, match="cached action loop"):
+        model.infer(first, ctx, samples=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        _model().infer(first, ctx, samples=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("samples", [1, 2])
+@torch.no_grad()
+def test_idm_actions_through_the_loop_equal_the_eager_path(device, samples):
     model = _model("idm", device=device)
     cfg = model.config
     first, state = _observation(model, 8)
     ctx = model.with_state(_instruction(model, 1)[0], state)
-    got, _ = model.infer(first, ctx, generator=torch.Generator().manual_seed(2), compile="cudagraph")
+    got, _ = model.infer(
+        first, ctx, generator=torch.Generator().manual_seed(2), compile="cudagraph", samples=samples
+    )
     gen = torch.Generator().manual_seed(2)
     steps = cfg.num_inference_steps
-    future = model._sample_future_video(first, ctx, steps, 1.0, gen)
-    prefix = torch.cat([first, future], dim=2)
+    future = model._sample_future_video(first, ctx, steps, 1.0, gen)  # one imagined future per row
+    prefix = torch.cat([first, future], dim=2).repeat_interleave(samples, 0)
+    rep_ctx = model.with_state(_instruction(model, 1)[0], state.repeat_interleave(samples, 0))
     mask = build_mask("idm", {"first": HP * WP, "cond": HP * WP * future.shape[2]}, device=model.device)
-    ref = model.sample_actions(model.build_action_cache(prefix, ctx, mask), B, generator=gen)
+    cache = model.build_action_cache(prefix, rep_ctx, mask)
+    ref = model.sample_actions(cache, B * samples, generator=gen).unflatten(0, (B, samples)).mean(1)
     diff = (got - ref).abs().max().item()
     assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
 

@@ -167,11 +167,16 @@ def folded_modulation(table: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
 
 
 class ActionLoop:
-    """Static-shape prefix + Euler loop for one (batch, prefix length, context length, steps, CFG).
+    """Static-shape prefix + Euler loop for one (batch, prefix length, context length, steps, CFG,
+    samples).
 
     ``prefill(prefix_latents, ctx, prefix_mask)`` fills the cache from an observation;
-    ``sample(noise)`` -> actions [B, H, A] fp32 (the two stages ``FastWAM.infer`` times). The
-    returned actions are a fresh tensor; the cache is the loop's own (overwritten next call).
+    ``sample(noise)`` -> actions [B * samples, H, A] fp32 (the two stages ``FastWAM.infer`` times),
+    sample index fastest. The returned actions are a fresh tensor; the cache is the loop's own
+    (overwritten next call).
+
+    ``samples`` > 1 draws several chunks per observation from ONE prefix pass: the prefix K/V are
+    computed at the observation batch, then copied to each draw's rows of the expert's cache.
     """
 
     inductor_mode: str | None = None  # torch.compile mode of the layer ("torch_compile")
@@ -185,18 +190,23 @@ class ActionLoop:
         steps: int,
         cfg_scale: float,
         compile: str = "none",
+        samples: int = 1,
     ):
         from fastwam.model.fastwam import ActionCache  # import cycle: fastwam builds ActionLoops
 
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
         self.model = model
         self.mode = check_compile_mode(compile)
         cfg = model.config
         self.batch = batch
+        self.samples = samples
         self.steps = steps
         self.scale = float(cfg_scale)
         self.guided = self.scale != 1.0
-        bb = batch * (2 if self.guided else 1)  # the expert's batch: [cond; uncond] under CFG
-        self.bb = bb
+        pb = batch * (2 if self.guided else 1)  # the prefix's batch: [cond; uncond] under CFG
+        bb = pb * samples  # the expert's batch: each prefix row once per draw
+        self.pb, self.bb = pb, bb
         dev, dt = model.device, model.dtype
         self.device = dev
         v = cfg.video
@@ -220,16 +230,28 @@ class ActionLoop:
             ],
             rope=(cos, sin),
         )
+        # Where the prefix pass writes its K/V: the expert's cache itself, or (several draws) buffers
+        # at the prefix batch that _prefix_static then copies to every draw's rows.
+        self.prefix_cache = self.cache
+        if samples > 1:
+            self.prefix_cache = ActionCache(
+                k=[zeros(pb, heads, n_prefix, hd) for _ in range(n_layers)],
+                v=[zeros(pb, heads, n_prefix, hd) for _ in range(n_layers)],
+                n_prefix=n_prefix,
+                expert_kv=[],
+                rope=(cos, sin),
+            )
         self.rope_c, self.rope_s = rc, rs  # fp32, like the eager RoPE
         self.ctx_len = ctx_len
         # Static inputs / outputs.
-        self.latents: torch.Tensor | None = None  # [bb, C, F, h, w], allocated on the first prefill
+        self.latents: torch.Tensor | None = None  # [pb, C, F, h, w], allocated on the first prefill
         self.video_kv = [
-            (zeros(bb, heads, ctx_len, hd), zeros(bb, heads, ctx_len, hd)) for _ in range(n_layers)
+            (zeros(pb, heads, ctx_len, hd), zeros(pb, heads, ctx_len, hd)) for _ in range(n_layers)
         ]
         self.prefix_mask: torch.Tensor | None = None
-        self.noise = zeros(batch, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
-        self.out = zeros(batch, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
+        n_out = batch * samples
+        self.noise = zeros(n_out, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
+        self.out = zeros(n_out, cfg.action_horizon, cfg.action_dim, dtype=torch.float32)
         # Constants (rebuilt when a parameter of the expert or the video DiT changes).
         self._const_key: tuple | None = None
         self.mods: torch.Tensor | None = None  # [steps, layers, 6, D] fp32
@@ -323,25 +345,30 @@ class ActionLoop:
 
     def _prefix_static(self) -> None:
         """latents + video context buffers -> prefix K/V buffers (what the prefix graph holds)."""
+        cache = self.prefix_cache
         if self.prefix_mask is not None:  # IDM's masked prefix: the reference MoT layer loop
             from fastwam.model.fastwam import Context
 
             self.model.build_action_cache(
                 self.latents,
-                Context(video_kv=self.video_kv, expert_kv=self.cache.expert_kv),
+                Context(video_kv=self.video_kv, expert_kv=cache.expert_kv),
                 self.prefix_mask,
-                out=self.cache,
+                out=cache,
                 rope=self._prefix_rope,
             )
-            return
-        vm = self.model.video
-        cache = self.cache
-        h = vm.patch_embedding(self.latents).flatten(2).transpose(1, 2).contiguous()  # [bb, N, D]
-        last = len(vm.blocks) - 1
-        for layer in range(last + 1):
-            ck, cv = self.video_kv[layer]
-            h = self._layer(h, self.video_w[layer], self.prefix_mods[layer], cache.k[layer], cache.v[layer],
-                            0, ck, cv, *self._prefix_tables, kv_only=layer == last, **self._video_const)  # fmt: skip
+        else:
+            vm = self.model.video
+            h = vm.patch_embedding(self.latents).flatten(2).transpose(1, 2).contiguous()  # [pb, N, D]
+            last = len(vm.blocks) - 1
+            for layer in range(last + 1):
+                ck, cv = self.video_kv[layer]
+                h = self._layer(h, self.video_w[layer], self.prefix_mods[layer], cache.k[layer], cache.v[layer],
+                                0, ck, cv, *self._prefix_tables, kv_only=layer == last, **self._video_const)  # fmt: skip
+        if cache is not self.cache:  # one copy of each prefix row per draw, draws of a row adjacent
+            n = self.n_prefix
+            for src, dst in ((cache.k, self.cache.k), (cache.v, self.cache.v)):
+                for s, d in zip(src, dst, strict=True):
+                    d[:, :, :n].copy_(s.repeat_interleave(self.samples, dim=0))
 
     # -- capture -------------------------------------------------------------------------------------
     def _capture(self, fn):
@@ -385,8 +412,8 @@ class ActionLoop:
     def prefill(self, prefix_latents: torch.Tensor, ctx, prefix_mask: torch.Tensor | None = None) -> None:
         """Copy the observation and the context into the static buffers and fill the prefix K/V.
 
-        prefix_latents [bb, C, F, h, w] (already doubled under CFG); ctx: ``Context`` with per-layer
-        ``video_kv`` / ``expert_kv`` of batch bb (or 1, broadcast) and ``ctx_len`` tokens."""
+        prefix_latents [pb, C, F, h, w] (already doubled under CFG); ctx: ``Context`` with per-layer
+        ``video_kv`` / ``expert_kv`` of batch pb (or 1, broadcast) and ``ctx_len`` tokens."""
         model = self.model
         self._refresh_constants()
         shape = tuple(prefix_latents.shape)
@@ -409,13 +436,18 @@ class ActionLoop:
             kb.copy_(k)
             vb.copy_(v)
         for (kb, vb), (k, v) in zip(self.cache.expert_kv, ctx.expert_kv):
-            kb.copy_(k)
-            vb.copy_(v)
+            kb.copy_(self._per_draw(k))
+            vb.copy_(self._per_draw(v))
         self._guarded(self._prefix_static, "_prefix_graph")
+
+    def _per_draw(self, x: torch.Tensor) -> torch.Tensor:
+        """A prefix-batch tensor [pb, ...] repeated for the draws (a batch of 1 broadcasts)."""
+        return x.repeat_interleave(self.samples, dim=0) if x.shape[0] > 1 and self.samples > 1 else x
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor) -> torch.Tensor:
-        """Euler loop from noise [B, H, A] against the prefilled cache -> actions [B, H, A] fp32."""
+        """Euler loop from noise [B * samples, H, A] (sample index fastest) against the prefilled
+        cache -> actions [B * samples, H, A] fp32."""
         if self._refresh_constants():  # weights changed since prefill: the cache is stale
             raise RuntimeError("model parameters changed between prefill and sample; prefill again")
         self.noise.copy_(noise)

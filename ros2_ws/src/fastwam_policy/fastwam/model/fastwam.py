@@ -519,16 +519,19 @@ class FastWAM(nn.Module):
         cfg_scale: float,
         batch: int,
         compile: str | None = None,
+        samples: int = 1,
     ) -> ActionLoop:
         """The static loop for these shapes (built once, reused while the shapes stay the same)."""
         mode = check_compile_mode(compile or self.compile_mode)
         ctx_len = ctx.expert_kv[0][0].shape[2]
-        key = (tuple(prefix.shape), ctx_len, steps, float(cfg_scale), batch, mode, self.device, self.dtype)
+        key = (
+            tuple(prefix.shape), ctx_len, steps, float(cfg_scale), batch, samples, mode, self.device, self.dtype,
+        )  # fmt: skip
         loop = self._action_loops.get(key)
         if loop is None:
             hp, wp = self._grid(prefix)
             n_prefix = prefix.shape[2] // self.video.config.patch_size[0] * hp * wp
-            loop = ActionLoop(self, batch, n_prefix, ctx_len, steps, cfg_scale, compile=mode)
+            loop = ActionLoop(self, batch, n_prefix, ctx_len, steps, cfg_scale, compile=mode, samples=samples)
             self._action_loops[key] = loop
             while len(self._action_loops) > self.max_action_loops:
                 self._action_loops.popitem(last=False)
@@ -548,16 +551,27 @@ class FastWAM(nn.Module):
         generator: torch.Generator | None = None,
         sync: Callable[[], None] | None = None,
         compile: str | None = None,
+        samples: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Actions [B, H, A] (normalised, fp32) from the first-frame latents [B, C, 1, h, w] and the
         context (``with_state(encode_instruction(...), state)``). Returns (actions, timings_ms) with
         keys "prefix" and "action" (``sync`` is called before each clock read, e.g. cuda.synchronize).
 
         The cached variants run the static ``ActionLoop`` (same numbers as ``build_action_cache`` +
-        ``sample_actions``, tested to 1e-5); ``compile`` overrides ``self.compile_mode``."""
+        ``sample_actions``, tested to 1e-5); ``compile`` overrides ``self.compile_mode``.
+        ``samples`` (default ``config.num_action_samples``): the actions are the mean of this many
+        draws, sampled as one batch against one prefix pass (IDM: one imagined future for all)."""
         cfg = self.config
         steps = steps or cfg.num_inference_steps
         scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
+        samples = cfg.num_action_samples if samples is None else samples
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        if samples > 1 and cfg.variant == "joint":
+            raise ValueError(
+                "several action samples per chunk need the cached action loop (fast_wam, no_cotrain, "
+                "idm); joint denoises video and actions together"
+            )
         if scale != 1.0 and uncond is None:
             raise ValueError("cfg_scale != 1 needs the unconditional context")
         ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
@@ -582,12 +596,13 @@ class FastWAM(nn.Module):
             if scale != 1.0:
                 prefix = torch.cat([prefix, prefix])
         if cfg.variant != "joint":
-            loop = self.action_loop(prefix, ctx, steps, scale, b, compile=compile)
+            loop = self.action_loop(prefix, ctx, steps, scale, b, compile=compile, samples=samples)
             loop.prefill(prefix, ctx, mask)
             sync()
             t1 = time.perf_counter()
-            shape = (b, cfg.action_horizon, cfg.action_dim)
+            shape = (b * samples, cfg.action_horizon, cfg.action_dim)
             actions = loop.sample(self._randn(shape, generator))
+            actions = actions.unflatten(0, (b, samples)).mean(1)  # [B, H, A]
         sync()
         t2 = time.perf_counter()
         return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}
