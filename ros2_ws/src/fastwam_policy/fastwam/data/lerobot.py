@@ -713,12 +713,21 @@ def _vector_stats(values: np.ndarray) -> dict[str, list]:
 
 
 def _image_stats(clip: np.ndarray, max_frames: int = 100) -> dict[str, list]:
-    """Per-channel statistics in [0, 1], shaped [3, 1, 1] like LeRobot's (on a frame subsample)."""
+    """Per-channel statistics in [0, 1], shaped [3, 1, 1] like LeRobot's (on a frame subsample).
+
+    From each channel's 256-bin histogram: the same numbers as over the pixels in float64, without
+    a float copy of the clip (half of an episode's conversion time before)."""
     step = max(1, len(clip) // max_frames)
-    pixels = clip[::step].reshape(-1, 3).astype(np.float64) / 255.0
-    stats = _vector_stats(pixels)
-
-    def shape(v: list[float]) -> list:
-        return [[[x]] for x in v]
-
-    return {k: (shape(v) if k != "count" else [int(len(clip[::step]))]) for k, v in stats.items()}
+    sample = clip[::step]
+    pixels = np.ascontiguousarray(sample, dtype=np.uint8).reshape(-1, 3)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    out: dict[str, list] = {"min": [], "max": [], "mean": [], "std": []}
+    for c in range(3):
+        hist = np.bincount(pixels[:, c], minlength=256).astype(np.float64)
+        present = np.flatnonzero(hist)
+        mean = float(hist @ levels / hist.sum())
+        out["min"].append([[float(levels[present[0]])]])
+        out["max"].append([[float(levels[present[-1]])]])
+        out["mean"].append([[mean]])
+        out["std"].append([[float(np.sqrt(hist @ (levels - mean) ** 2 / hist.sum()))]])
+    return {**out, "count": [int(len(sample))]}
