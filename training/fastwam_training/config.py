@@ -74,6 +74,10 @@ class TrainSection:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # e.g. 0.999; None = no EMA
     cpu: bool = False  # force CPU even where a GPU is present
+    # torch's CPU threads: null = torch's default, or an integer; cpu_threads_file: a file holding
+    # the count, re-read when it changes (a scheduler moving cores between runs; fastwam_training.cpu_threads).
+    cpu_threads: int | None = None
+    cpu_threads_file: str | None = None
     # Steps to run in this invocation, then checkpoint and exit (preemptible jobs); None = to max_steps.
     run_steps: int | None = None
 
@@ -89,6 +93,7 @@ class CheckpointSection:
 class LoggingSection:
     every: int = 10
     tensorboard: bool = True
+    jsonl: bool = True  # logs/metrics.jsonl: one JSON object per logged step (fastwam_training.tracking)
     progress: bool = True
 
 

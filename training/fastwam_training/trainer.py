@@ -3,7 +3,7 @@
 Run directory layout (config.output_dir):
     config.yaml                     the resolved experiment config
     stats.json                      normalization statistics used (copied from the dataset's)
-    logs/                           TensorBoard
+    logs/                           TensorBoard; metrics.jsonl (one JSON object per logged step)
     checkpoints/step_000100/
         model/                      fastwam.checkpoint format (what the policy node loads)
         model_ema/                  the EMA weights in the same format (when EMA is on)
@@ -42,8 +42,10 @@ from fastwam_training.caches import (
     unique_instructions,
 )
 from fastwam_training.config import ExperimentConfig
+from fastwam_training.cpu_threads import CpuThreads
 from fastwam_training.optim import EMA, build_optimizer, build_scheduler
 from fastwam_training.sampling import ResumableBatchSampler
+from fastwam_training.tracking import METRICS_FILE, JsonlTracker
 
 log = logging.getLogger("fastwam_training")
 STATE_FILE = "trainer_state.json"
@@ -69,11 +71,20 @@ class Trainer:
         precision = train.mixed_precision
         if precision == "auto":
             precision = "no" if cpu else "bf16"
+        self.cpu_threads = CpuThreads(
+            train.cpu_threads, config.resolve_path(train.cpu_threads_file) if train.cpu_threads_file else None
+        )
+        if cpu:
+            self.cpu_threads.update()
+        trackers: list = ["tensorboard"] if config.logging.tensorboard else []
+        if config.logging.jsonl:
+            trackers.append(JsonlTracker(self.out / "logs" / METRICS_FILE))
+        self.has_trackers = bool(trackers)
         self.accelerator = accelerator or Accelerator(
             cpu=cpu,
             mixed_precision=precision,
             gradient_accumulation_steps=train.grad_accum,
-            log_with="tensorboard" if config.logging.tensorboard else None,
+            log_with=trackers or None,
             project_config=ProjectConfiguration(
                 project_dir=str(self.out), logging_dir=str(self.out / "logs")
             ),
@@ -173,6 +184,7 @@ class Trainer:
     def _setup_caches(self) -> None:
         cfg, acc = self.config, self.accelerator
         cache_dir = Path(cfg.resolve_path(cfg.cache.dir)) if cfg.cache.dir else self.out / "cache"
+        self.cache_dir = cache_dir
         progress = acc.is_main_process and cfg.logging.progress
         self.text_cache = None
         if cfg.cache.text:
@@ -263,7 +275,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.yaml")
             self.stats.save(self.out / "stats.json")
-            if cfg.logging.tensorboard:
+            if self.has_trackers:
                 acc.init_trackers(cfg.name, config=_flat_hparams(cfg.to_dict()))
         loader = iter(self.train_loader(start=self.step * train.grad_accum))
         history: list[dict[str, float]] = []
@@ -280,7 +292,9 @@ class Trainer:
         stop = (
             train.max_steps if train.run_steps is None else min(train.max_steps, self.step + train.run_steps)
         )
+        on_cpu = acc.device.type == "cpu"
         while self.step < stop:
+            threads = self.cpu_threads.update() if on_cpu else None
             totals = {"loss": 0.0, "action_loss": 0.0, "video_loss": 0.0}
             for micro in range(train.grad_accum):
                 batch = next(loader)
@@ -306,6 +320,8 @@ class Trainer:
             if self.step % cfg.logging.every == 0 or self.step == train.max_steps:
                 elapsed = time.perf_counter() - window_start
                 row["samples_per_s"] = samples_per_step * window_steps / max(elapsed, 1e-9)
+                if threads is not None:
+                    row["cpu_threads"] = threads
                 window_start, window_steps = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{totals['loss']:.4f}", act=f"{totals['action_loss']:.4f}")
                 acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)

@@ -8,8 +8,10 @@ Stages, each idempotent (skipped when its outputs exist for the same settings; -
              seeds --train-seed .. + N - 1                                         -> <out>/bags
     convert  bags -> LeRobot v2.1 dataset (fastwam.data.bag, cameras resized to the layout)
                                                                                   -> <out>/dataset
-    train    per --variants: python -m fastwam_training.train --config <train-config> (a
-             subprocess; the VAE latent cache in <out>/cache is shared)        -> <out>/train/<v>
+    train    per --variants: python -m fastwam_training.train --config <train-config> (subprocesses;
+             the text and VAE latent caches in <out>/cache are built first and shared; on CPU the
+             variants train side by side, a core each, a finished one's core going to the others)
+                                                                                  -> <out>/train/<v>
     random   the same model, random-initialised, with the dataset's normalization -> <out>/random_init
     eval     M closed-loop episodes per model through the policy node, motion enabled, on held-out
              seeds --eval-seed .. + M - 1, each ending at the first success or the timeout
@@ -323,42 +325,106 @@ def _train_settings(s: Settings, convert: dict[str, Any], variant: str) -> dict[
 
 
 def stage_train(s: Settings, convert: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Train the variants not trained earlier: the caches first (``--prepare``), then the runs, side
+    by side on one CPU core each on CPU (``fastwam_training.side_by_side``), else one by one."""
+    from fastwam_training.config import load_config
+
     _header(3, "train", f"variants {', '.join(s.variants)} with {s.train_config}")
-    results, seconds, ran = {}, 0.0, False
-    for i, variant in enumerate(s.variants, 1):
-        stage = f"train_{variant}"
-        settings = _train_settings(s, convert, variant)
-        done = None if s.force else _finished(s.out, stage, settings)
+    results, todo = {}, []
+    for variant in s.variants:
+        done = None if s.force else _finished(s.out, f"train_{variant}", _train_settings(s, convert, variant))
         if done is not None and trained_checkpoint(s.out, variant) is not None:
             print(f"[{variant}] skipped: {done['checkpoint']} trained earlier ({done['seconds']:.0f} s)")
             results[variant] = done
-            continue
-        run_dir = s.out / "train" / variant
-        shutil.rmtree(run_dir, ignore_errors=True)
-        command = [
-            sys.executable, "-m", "fastwam_training.train", "--config", str(s.train_config),
+        else:
+            todo.append(variant)
+    if not todo:
+        s.stage_status["train"] = "skipped"
+        s.stage_seconds["train"] = 0.0
+        return results
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def command(variant: str, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "fastwam_training.train", "--config", str(s.train_config), *extra,
             *s.trainer_overrides(variant),
         ]  # fmt: skip
-        print(f"[{variant}] ({i}/{len(s.variants)}) " + " ".join(command), flush=True)
-        started = time.monotonic()
-        # The trainer's own progress bar shows on this terminal.
-        code = subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        elapsed = time.monotonic() - started
-        seconds += elapsed
+
+    for variant in todo:
+        shutil.rmtree(s.out / "train" / variant, ignore_errors=True)
+    # The text and VAE latent caches, built once for every variant (their progress bars show here).
+    prepare = command(todo[0], "--prepare")
+    print("[caches] " + " ".join(prepare), flush=True)
+    if subprocess.call(prepare, env=env) != 0:
+        raise RuntimeError(f"building the training caches failed; command: {' '.join(prepare)}")
+    seconds: dict[str, float] = {}
+    if s.device == "cpu" and len(todo) > 1:
+        from fastwam_training.side_by_side import Run, run_side_by_side
+
+        runs = []
+        for variant in todo:
+            run_dir = s.out / "train" / variant
+            steps = load_config(s.train_config, s.trainer_overrides(variant)).train.max_steps
+            runs.append(
+                Run(
+                    variant,
+                    command(variant, "logging.progress=false"),
+                    log=s.out / "train" / f"{variant}.log",
+                    metrics=run_dir / "logs" / "metrics.jsonl",
+                    max_steps=steps,
+                )
+            )
+        print(
+            f"[train] {', '.join(todo)} side by side, one CPU core each to start (logs: "
+            f"{', '.join(str(r.log) for r in runs)})",
+            flush=True,
+        )
+        bars = {
+            r.name: tqdm(total=r.max_steps, desc=f"train {r.name}", unit="step", position=i)
+            for i, r in enumerate(runs)
+        }
+
+        def progress(run, step: int) -> None:
+            bar = bars[run.name]
+            bar.update(step - bar.n)
+            bar.set_postfix(threads=run.threads)
+
+        try:
+            run_side_by_side(runs, env=env, on_progress=progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+        seconds = {r.name: r.seconds for r in runs}
+    else:
+        for i, variant in enumerate(todo, 1):
+            cmd = command(variant)
+            print(f"[{variant}] ({i}/{len(todo)}) " + " ".join(cmd), flush=True)
+            t0 = time.monotonic()
+            code = subprocess.call(cmd, env=env)  # the trainer's own progress bar shows here
+            seconds[variant] = time.monotonic() - t0
+            if code != 0:
+                raise RuntimeError(
+                    f"training variant {variant!r} failed (exit code {code}); command: {' '.join(cmd)}"
+                )
+    for variant in todo:
         checkpoint = trained_checkpoint(s.out, variant)
-        if code != 0 or checkpoint is None:
+        if checkpoint is None:
             raise RuntimeError(
-                f"training variant {variant!r} failed (exit code {code}, checkpoint {checkpoint}); "
-                f"command: {' '.join(command)}"
+                f"training variant {variant!r} left no checkpoint under {s.out / 'train' / variant}"
             )
         step = json.loads((checkpoint.parent / "trainer_state.json").read_text())["step"]
         results[variant] = _mark_finished(
-            s.out, stage, settings, elapsed, checkpoint=str(checkpoint), steps=int(step)
+            s.out,
+            f"train_{variant}",
+            _train_settings(s, convert, variant),
+            seconds[variant],
+            checkpoint=str(checkpoint),
+            steps=int(step),
         )
-        ran = True
-    s.stage_status["train"] = "ran" if ran else "skipped"
-    s.stage_seconds["train"] = seconds
-    return results
+    s.stage_status["train"] = "ran"
+    s.stage_seconds["train"] = time.monotonic() - started
+    return {v: results[v] for v in s.variants}
 
 
 def stage_random(s: Settings, convert: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The simulation experiment end to end, reduced: 2 scripted demos through the recorder node, the
-converter, the trainer (a subprocess, tiny preset via overrides), a random-init baseline, one
-closed-loop episode per model through the policy node, the report; then a re-run that skips every
+converter, the trainer (fast_wam and no_cotrain side by side in subprocesses, tiny preset via
+overrides), a random-init baseline, one closed-loop episode per model through the policy node, the report; then a re-run that skips every
 stage. Real processes and nodes, no mocks. The robot and training configs are written here so the
 test does not depend on the shipped experiment configs' tuning."""
 
@@ -24,6 +24,7 @@ from fastwam.checkpoint import load_checkpoint
 from fastwam.data.lerobot import LeRobotDataset
 from fastwam.robot_config import load_robot_config
 from fastwam_bringup import sim_experiment
+from fastwam_training.tracking import read_metrics
 
 pytestmark = pytest.mark.ros
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -75,7 +76,7 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     out = tmp_path / "experiment"
     argv = [
         "--out", str(out), "--robot-config", str(robot), "--train-config", str(train),
-        "--demos", "2", "--train-seed", "0", "--variants", "fast_wam", "--steps", str(STEPS),
+        "--demos", "2", "--train-seed", "0", "--variants", "fast_wam", "no_cotrain", "--steps", str(STEPS),
         "--train-override", "model.preset=tiny", "--train-override", "model.overrides={action_horizon: 32}",
         "--eval-episodes", "1", "--eval-seed", "1000", "--eval-timeout-s", "2",
     ]  # fmt: skip
@@ -97,10 +98,17 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     assert dataset.total_frames > 2 * 100  # ~10 s demos at 15 Hz
     assert dataset.feature("observation.images.head")["shape"][:2] == [128, 160]
 
+    # train: the caches built once, then both variants side by side (their logs and metrics)
+    assert "[caches]" in first.stdout and "side by side" in first.stdout
+    for variant in ("fast_wam", "no_cotrain"):
+        assert f"done: step {STEPS}" in (out / "train" / f"{variant}.log").read_text()
+        rows = read_metrics(out / "train" / variant / "logs" / "metrics.jsonl")
+        assert rows[-1]["step"] == STEPS and rows[0]["train/cpu_threads"] == 1
     # train + random: checkpoints load strictly, for this robot config, with the dataset's statistics
     config = load_robot_config(robot)
     trained = sim_experiment.trained_checkpoint(out, "fast_wam")
     assert trained is not None and trained.parent.name == f"step_{STEPS:07d}"
+    assert sim_experiment.trained_checkpoint(out, "no_cotrain").parent.name == f"step_{STEPS:07d}"
     loaded = {name: load_checkpoint(path) for name, path in [("fast_wam", trained), ("random_init", out / "random_init" / "model")]}  # fmt: skip
     for checkpoint in loaded.values():
         assert checkpoint.camera_layout == config.cameras
@@ -115,9 +123,10 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
 
     # eval + report: one held-out episode per model, in results.json, report.md and the plot
     results = json.loads((out / "results.json").read_text())
-    assert [m["model"] for m in results["models"]] == ["fast_wam", "random_init"]
+    assert [m["model"] for m in results["models"]] == ["fast_wam", "no_cotrain", "random_init"]
     assert [(r["model"], r["seed"]) for r in results["episodes"]] == [
         ("fast_wam", 1000),
+        ("no_cotrain", 1000),
         ("random_init", 1000),
     ]
     for row in results["episodes"]:
@@ -127,7 +136,8 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     assert set(results["stage_timings"]) == {"record", "convert", "train", "random", "eval"}
     assert all(t["status"] == "ran" for t in results["stage_timings"].values()), results["stage_timings"]
     report = (out / "report.md").read_text()
-    assert f"| fast_wam | {STEPS} | " in report and "| random_init | 0 | " in report, report
+    assert f"| fast_wam | {STEPS} | " in report and f"| no_cotrain | {STEPS} | " in report, report
+    assert "| random_init | 0 | " in report, report
     assert "| **total** |" in report
     assert (out / "success_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

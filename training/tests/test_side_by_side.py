@@ -1,0 +1,93 @@
+"""Training runs side by side: the thread count file, the metrics log, real trainer processes
+sharing the CPUs (a finished run's core handed to the one still training) and a failing run."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import yaml
+
+from fastwam_training.cpu_threads import CpuThreads, write_thread_count
+from fastwam_training.side_by_side import Run, run_side_by_side, share
+from fastwam_training.synthetic import experiment_dict, make_v21_dataset
+from fastwam_training.tracking import read_metrics
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_v21_dataset(tmp_path_factory.mktemp("data") / "ds", (12, 10))
+
+
+def test_threads_follow_their_file(tmp_path, restore_threads, caplog):
+    path = tmp_path / "threads"
+    threads = CpuThreads(1, path)
+    assert threads.update() == 1 and torch.get_num_threads() == 1  # no file yet: the configured count
+    write_thread_count(path, 2)
+    assert threads.update() == 2 and torch.get_num_threads() == 2
+    path.write_text("two\n")
+    assert threads.update() == 2  # unreadable: kept, with one warning naming the file
+    assert "not a positive integer" in caplog.text and str(path) in caplog.text
+    write_thread_count(path, 1)
+    assert threads.update() == 1 and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="cpu_threads"):
+        CpuThreads(0)
+
+
+def test_cpus_are_shared_out_evenly():
+    assert share(2, 2) == [1, 1]
+    assert share(5, 2) == [3, 2]
+    assert share(4, 3) == [2, 1, 1]
+
+
+def _run(dataset, tmp_path, name: str, steps: int, **sections) -> Run:
+    out = tmp_path / name
+    config = tmp_path / f"{name}.yaml"
+    cache = {"text": True, "latents": True, "dir": str(tmp_path / "cache")}
+    train = {"max_steps": steps, "batch_size": 2}
+    config.write_text(yaml.safe_dump(experiment_dict(dataset, out, cache=cache, train=train, **sections)))
+    command = [sys.executable, "-m", "fastwam_training.train", "--config", str(config)]
+    return Run(name, command, tmp_path / f"{name}.log", out / "logs" / "metrics.jsonl", steps)
+
+
+def test_a_finished_run_hands_its_core_to_the_run_still_training(dataset, tmp_path):
+    long = _run(dataset, tmp_path, "long", 400)
+    short = _run(dataset, tmp_path, "short", 2, model={"preset": "tiny", "variant": "no_cotrain"})
+    # The caches first, once for both (as fastwam_bringup.sim_experiment does).
+    import subprocess
+
+    prepared = subprocess.run([*long.command, "--prepare"], capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert "prepared:" in prepared.stdout
+    seen: list[tuple[str, int]] = []
+    run_side_by_side(
+        [long, short], on_progress=lambda r, step: seen.append((r.name, step)), poll_s=0.1, cpus=2
+    )
+
+    assert long.returncode == 0 and short.returncode == 0
+    assert long.seconds > short.seconds > 0
+    assert ("short", 2) in seen and ("long", 400) in seen
+    rows = read_metrics(long.metrics)
+    assert rows[-1]["step"] == 400
+    threads = [r["train/cpu_threads"] for r in rows]
+    assert threads[0] == 1 and threads[-1] == 2, threads  # one core while both ran, then both
+    assert read_metrics(short.metrics)[-1]["train/cpu_threads"] == 1
+    assert long.threads_file.read_text().strip() == "2"
+    assert "done: step 400" in long.log.read_text()
+
+
+def test_a_failing_run_is_reported_and_stops_the_others(dataset, tmp_path):
+    long = _run(dataset, tmp_path, "long", 100_000)
+    bad = _run(dataset, tmp_path, "bad", 5, data={"root": str(tmp_path / "missing")})
+    with pytest.raises(RuntimeError, match=r"training run 'bad' failed .*bad\.log") as error:
+        run_side_by_side([long, bad], poll_s=0.1, cpus=2)
+    assert "missing" in str(error.value)  # the log's tail names the cause
+    assert long._process.poll() is not None  # stopped, not left training
