@@ -52,17 +52,19 @@ VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
 RANDOM_INIT = "random_init"
 STAGES = ("record", "convert", "train", "random", "eval", "report")
 # Scripted episodes in the recorder (simulated seconds, divided by the time scale) and conversion, per
-# demo, and training, per sample of the sim preset on 2 CPU cores (the variants with future video
-# ~2x no_cotrain; the latent cache included): for the time estimate printed before the run.
+# demo (the VAE latent cache included: 0.64 + 1.6 s), and training, per sample of the sim preset on
+# 2 CPU cores, one variant at a time (the variants with future video ~2x no_cotrain): for the time
+# estimate printed before the runner trains its default checkpoint.
 RECORD_SECONDS_PER_DEMO = 11.5
-CONVERT_SECONDS_PER_DEMO = 2.5
+CONVERT_SECONDS_PER_DEMO = 2.2
 # The simulated robot's speed while recording: the largest of 2, 3, 4 measured loss-free on 2 busy
 # CPU cores (benchmarks/sim_time_scale.py: no camera frame missing or late, dataset frames per
 # episode as at 1x, within the 1x runs' own +-1). 4x kept every frame but its episodes converted to
 # 1-3 frames fewer (a shorter span covered by every topic).
 RECORD_TIME_SCALE = 3.0
-# Training (fused AdamW): fast_wam 708 s and no_cotrain 391 s for 2500 steps of 16 in the run of
-# 2026-11-24; joint and idm as measured before the fused optimizer.
+# Training (fused AdamW), one at a time on both cores: fast_wam ~0.27 s and no_cotrain ~0.15 s per
+# step of 16 (2026-11-24); joint and idm as measured before the fused optimizer. Side by side (the
+# experiment's two variants) 2900 steps of both took 1035 s, fast_wam being the last to finish.
 SECONDS_PER_TRAIN_SAMPLE = {"fast_wam": 0.018, "no_cotrain": 0.010, "joint": 0.020, "idm": 0.025}
 
 
