@@ -85,9 +85,7 @@ def load_in_sim(checkpoint: str, image_size: tuple[int, int], action_samples: in
     from fastwam.sim.env import SimParams, TowelFoldEnv
 
     policy = FastWAMPolicy.from_pretrained(checkpoint)
-    if action_samples is not None:
-        if action_samples < 1:
-            raise ValueError(f"action_samples must be at least 1, got {action_samples}")
+    if action_samples is not None:  # FastWAM.infer refuses a count below 1
         policy.num_action_samples = action_samples
     params = SimParams(image_height=image_size[0], image_width=image_size[1])
     return policy, TowelFoldEnv(policy.robot, policy.camera_layout.keys, params)

@@ -3,6 +3,7 @@ sharing the CPUs (a finished run's core handed to the one still training) and a 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -62,8 +63,6 @@ def test_a_finished_run_hands_its_core_to_the_run_still_training(dataset, tmp_pa
     long = _run(dataset, tmp_path, "long", 400)
     short = _run(dataset, tmp_path, "short", 2, model={"preset": "tiny", "variant": "no_cotrain"})
     # The caches first, once for both (as fastwam_bringup.sim_experiment does).
-    import subprocess
-
     prepared = subprocess.run([*long.command, "--prepare"], capture_output=True, text=True, timeout=300)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert "prepared:" in prepared.stdout
