@@ -2,8 +2,10 @@
 
 Fast-WAM feeds the video model a single image per time step. Robots with several cameras tile them
 into a fixed grid, e.g. the R1 Lite / RoboTwin layout: head camera resized to 256x320 on top, the
-two wrist cameras at 128x160 side by side below, 384x320 in all. This module is the only place
-that tiling happens; training samples, the policy node and the benchmarks all call `compose`.
+two wrist cameras at 128x160 side by side below, 384x320 in all. A view can also be a window on
+its camera (``CameraView.resize`` + ``crop_origin``), a zoom on the workspace. This module is the
+only place that resizing, windowing and tiling happen; training samples, the bag converter, the
+policy node and the benchmarks all go through `CameraView.pixels` / `compose`.
 """
 
 from __future__ import annotations
@@ -20,21 +22,61 @@ import numpy as np
 
 # The Wan2.2 VAE downsamples 16x and the DiT patchifies latents 2x2: composites must tile by 32.
 COMPOSITE_MULTIPLE = 32
+_VIEW_FIELDS = {"key", "height", "width", "resize", "crop_origin"}
 
 
 @dataclass(frozen=True)
 class CameraView:
-    """One camera's place in the composite: its key and the size it is resized to."""
+    """One camera's place in the composite: its key and size, and optionally a zoomed-in window.
+
+    By default the whole image is resized to height x width. With ``resize`` the image is resized
+    to that (H, W) instead and the view is the height x width window of it whose top-left corner is
+    ``crop_origin``: a window on the workspace gives the part of the scene the task needs more of
+    the view's pixels, at the same token count.
+    """
 
     key: str
     height: int
     width: int
+    resize: tuple[int, int] | None = None  # (H, W) the image is resized to before the window is cut
+    crop_origin: tuple[int, int] = (0, 0)  # (top, left) of the window in the resized image
 
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("camera key must be a non-empty string")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"camera {self.key!r}: size must be positive, got {self.height}x{self.width}")
+        if self.resize is not None:
+            object.__setattr__(self, "resize", tuple(int(v) for v in self.resize))
+        object.__setattr__(self, "crop_origin", tuple(int(v) for v in self.crop_origin))
+        if len(self.crop_origin) != 2 or (self.resize is not None and len(self.resize) != 2):
+            raise ValueError(f"camera {self.key!r}: resize and crop_origin are (height, width) pairs")
+        top, left = self.crop_origin
+        height, width = self.stored_size
+        if top < 0 or left < 0 or top + self.height > height or left + self.width > width:
+            raise ValueError(
+                f"camera {self.key!r}: the {self.height}x{self.width} window at {self.crop_origin} "
+                f"does not fit in the image resized to {height}x{width}"
+            )
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(H, W) of the whole image before the window is cut: what a dataset resized to the layout
+        stores, so that the window is cut from the same pixels at training and at run time."""
+        return self.resize if self.resize is not None else (self.height, self.width)
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [h, w, 3] (any h, w) -> this view's pixels [height, width, 3]."""
+        resized = resize_image(image, *self.stored_size)
+        top, left = self.crop_origin
+        return resized[top : top + self.height, left : left + self.width]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"key": self.key, "height": self.height, "width": self.width}
+        if self.resize is not None:
+            d["resize"] = list(self.resize)
+            d["crop_origin"] = list(self.crop_origin)
+        return d
 
 
 @dataclass(frozen=True)
@@ -79,7 +121,8 @@ class CameraLayout:
         """Tile camera images into the composite.
 
         images: camera key -> uint8 RGB [h, w, 3] or a clip [T, h, w, 3] (same T for all cameras),
-            any h, w; each is resized to its view's size (area interpolation when shrinking).
+            any h, w; each is resized to its view's size, or to its ``resize`` and windowed (area
+            interpolation when shrinking).
         Returns uint8 [H, W, 3] or [T, H, W, 3].
         """
         missing = [key for key in self.keys if key not in images]
@@ -97,17 +140,15 @@ class CameraLayout:
                 region = out[..., top : top + view.height, left : left + view.width, :]
                 if clip:
                     for t in range(lead[0]):
-                        region[t] = _resize(image[t], view.height, view.width)
+                        region[t] = view.pixels(image[t])
                 else:
-                    region[...] = _resize(image, view.height, view.width)
+                    region[...] = view.pixels(image)
                 left += view.width
             top += row[0].height
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": [[{"key": v.key, "height": v.height, "width": v.width} for v in row] for row in self.rows]
-        }
+        return {"rows": [[view.to_dict() for view in row] for row in self.rows]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CameraLayout:
@@ -120,12 +161,22 @@ class CameraLayout:
         for i, row in enumerate(data["rows"]):
             views = []
             for view in row:
-                extra = set(view) - {"key", "height", "width"}
-                if extra or len(view) != 3:
+                extra = set(view) - _VIEW_FIELDS
+                missing = {"key", "height", "width"} - set(view)
+                if extra or missing:
                     raise ValueError(
-                        f"camera layout row {i}: each view needs exactly key, height, width; got {view}"
+                        f"camera layout row {i}: a view needs key, height, width (optional: resize, "
+                        f"crop_origin); got {view}"
                     )
-                views.append(CameraView(str(view["key"]), int(view["height"]), int(view["width"])))
+                views.append(
+                    CameraView(
+                        str(view["key"]),
+                        int(view["height"]),
+                        int(view["width"]),
+                        resize=None if view.get("resize") is None else tuple(view["resize"]),
+                        crop_origin=tuple(view.get("crop_origin", (0, 0))),
+                    )
+                )
             rows.append(tuple(views))
         return cls(tuple(rows))
 
@@ -175,7 +226,8 @@ def _check_image(key: str, image: np.ndarray, clip: bool, lead: tuple[int, ...])
     return image
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [h, w, 3] -> [height, width, 3]: area interpolation when shrinking, linear otherwise."""
     if image.shape[0] == height and image.shape[1] == width:
         return image
     shrinking = image.shape[0] >= height and image.shape[1] >= width

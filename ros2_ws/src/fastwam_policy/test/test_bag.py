@@ -322,6 +322,28 @@ def test_plain_ros2_bag_record_needs_an_instruction(tmp_path, config):
     assert head.shape == (1, 256, 320, 3) and wrist.shape == (1, 128, 160, 3)
 
 
+def test_windowed_views_are_stored_whole_and_windowed_at_composition(tmp_path, config):
+    """A camera with a window (CameraView.resize + crop_origin) is stored at its resized size, the
+    whole field of view, so the window is cut at composition as the policy node cuts it."""
+    import dataclasses
+
+    from fastwam.camera import CameraLayout, CameraView
+
+    head = CameraView("head", 256, 320, resize=(288, 384), crop_origin=(16, 32))
+    layout = CameraLayout(((head,), config.cameras.rows[1]))
+    windowed = dataclasses.replace(config, cameras=layout)
+    recorder = EpisodeRecorder(tmp_path / "bags", topic_specs(config), flush_period_s=0.2)
+    bag, _ = record(recorder, episode_messages(config, seconds=1.0))
+    root = tmp_path / "dataset"
+    convert_bags([bag.path], root, windowed, resize_to_layout=True, log=lambda *_: None)
+    dataset = LeRobotDataset(root)
+    stored = dataset.read_frames(0, "observation.images.head", [0.0])
+    assert stored.shape == (1, 288, 384, 3)
+    wrist = dataset.read_frames(0, "observation.images.wrist_left", [0.0])
+    composite = layout.compose({"head": stored[0], "wrist_left": wrist[0], "wrist_right": wrist[0]})
+    np.testing.assert_array_equal(composite[:256], stored[0, 16:272, 32:352])
+
+
 def test_bad_bags_name_the_problem(tmp_path, config):
     messages = episode_messages(config, seconds=1.0)
     head = config.topics.cameras["head"].topic

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastwam.camera import CameraLayout, CameraView, composite_to_tensor
+from fastwam.camera import CameraLayout, CameraView, composite_to_tensor, resize_image
 
 
 def solid(h: int, w: int, value: int) -> np.ndarray:
@@ -93,8 +93,44 @@ def test_dict_round_trip_and_strictness():
     assert CameraLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(ValueError, match="unknown fields"):
         CameraLayout.from_dict({**layout.to_dict(), "extra": 1})
-    with pytest.raises(ValueError, match="exactly key, height, width"):
+    with pytest.raises(ValueError, match="needs key, height, width"):
         CameraLayout.from_dict({"rows": [[{"key": "a", "height": 32}]]})
+    with pytest.raises(ValueError, match="needs key, height, width"):
+        CameraLayout.from_dict({"rows": [[{"key": "a", "height": 32, "width": 32, "zoom": 2}]]})
+
+
+WINDOW = CameraView("head", 32, 64, resize=(54, 72), crop_origin=(8, 4))
+
+
+def test_window_is_cut_from_the_resized_image():
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(WINDOW.pixels(image), resize_image(image, 54, 72)[8:40, 4:68])
+    layout = CameraLayout(((WINDOW,), (CameraView("wrist", 32, 64),)))
+    out = layout.compose({"head": image, "wrist": image})
+    np.testing.assert_array_equal(out[:32], WINDOW.pixels(image))
+    # A dataset stores windowed cameras at stored_size (the whole field of view): cutting the window
+    # from the stored image gives exactly the pixels the policy node cuts from the camera's.
+    assert WINDOW.stored_size == (54, 72)
+    np.testing.assert_array_equal(
+        WINDOW.pixels(resize_image(image, *WINDOW.stored_size)), WINDOW.pixels(image)
+    )
+    # The layout keeps the window through its dict form (checkpoints, robot configs).
+    assert CameraLayout.from_dict(layout.to_dict()) == layout
+    assert layout.to_dict()["rows"][0][0] == {
+        "key": "head", "height": 32, "width": 64, "resize": [54, 72], "crop_origin": [8, 4]
+    }  # fmt: skip
+    assert "resize" not in layout.to_dict()["rows"][1][0]  # plain views keep their old form
+
+
+def test_window_must_fit_in_the_resized_image():
+    with pytest.raises(ValueError, match="does not fit"):
+        CameraView("head", 32, 64, resize=(54, 72), crop_origin=(24, 0))
+    with pytest.raises(ValueError, match="does not fit"):
+        CameraView("head", 32, 64, resize=(30, 72))
+    with pytest.raises(ValueError, match="does not fit"):
+        CameraView("head", 32, 64, crop_origin=(1, 0))  # no resize: the window is the whole image
+    with pytest.raises(ValueError, match="pairs"):
+        CameraView("head", 32, 64, resize=(54, 72, 3))
 
 
 def test_composite_to_tensor_range_and_layout():

@@ -33,6 +33,7 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
+from fastwam.camera import resize_image
 from fastwam.data.episode_bag import (
     EPISODE_DIR,
     FAILED,
@@ -295,7 +296,9 @@ def _interpolate(
 
 
 def _view_sizes(config: RobotConfig) -> dict[str, tuple[int, int]]:
-    return {view.key: (view.height, view.width) for row in config.cameras.rows for view in row}
+    # A windowed view stores its whole resized image: the window is cut at composition, from the
+    # same pixels as at run time.
+    return {view.key: view.stored_size for row in config.cameras.rows for view in row}
 
 
 def _decode_frames(
@@ -306,8 +309,8 @@ def _decode_frames(
     for i in index.tolist():
         if i not in decoded:
             image = _decode_image(stream.messages[i], f"{bag}: camera {key} message {i}")
-            if size is not None and image.shape[:2] != size:
-                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            if size is not None:
+                image = resize_image(image, *size)
             decoded[i] = image
         clip.append(decoded[i])
     shapes = {f.shape for f in clip}
