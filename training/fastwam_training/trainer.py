@@ -62,6 +62,71 @@ class LossModule(nn.Module):
         return self.model.training_loss(**inputs)
 
 
+def dataset_keys(config: ExperimentConfig, robot) -> DatasetKeys:
+    """Which dataset features the config's cameras, state and action are, named as the robot's joints."""
+    dc = config.data
+    return DatasetKeys(
+        cameras=dict(dc.cameras),
+        state=dc.state_key,
+        action=dc.action_key,
+        state_names=tuple(robot.state_joint_names),
+        action_names=tuple(robot.action_joint_names),
+    )
+
+
+def window_spec(config: ExperimentConfig, model_config) -> WindowSpec:
+    return WindowSpec(
+        action_horizon=model_config.action_horizon,
+        video_frames=model_config.num_video_frames,
+        video_stride=config.data.video_stride,
+    )
+
+
+def encoder_ids(components) -> tuple[str, str]:
+    """Fingerprints (text encoder, VAE) that the caches record and check."""
+    text = fingerprint(components.text_encoder, components.text_encoder.config.to_dict())
+    return text, fingerprint(components.vae, dict(components.vae.config))
+
+
+def prepare_caches(config: ExperimentConfig, progress: bool = True, text: bool = True) -> Path:
+    """Build the VAE latent cache (and with ``text`` the text cache) of the config's dataset, and
+    nothing else: no statistics, optimizer or run directory, so it runs on a dataset that is still
+    growing. Episodes already cached are skipped, so calling it again as episodes arrive encodes only
+    the new ones, and `Trainer` then finds them done. (The text cache is one file for every
+    instruction: build it once the dataset is complete.) Single process. Returns the cache directory."""
+    if not config.data.root:
+        raise ValueError("data.root is not set")
+    if not (config.cache.text or config.cache.latents):
+        raise ValueError("the config caches nothing (cache.text and cache.latents are both off)")
+    robot, layout = config.robot_and_cameras()
+    dataset = LeRobotDataset(config.resolve_path(config.data.root))
+    keys = dataset_keys(config, robot)
+    keys.check(dataset, layout)
+    model, components = modeling.build(config, robot, layout)
+    text_id, vae_id = encoder_ids(components)
+    train_eps, val_eps = split_episodes(dataset.episode_indices, config.data.val_episodes, seed=config.seed)
+    spec = window_spec(config, model.config)
+    stride = config.cache.latent_stride if config.cache.latents else 1
+    windows = WindowDataset(dataset, layout, keys, spec, train_eps, load_video=True, start_stride=stride)
+    cache_dir = (
+        Path(config.resolve_path(config.cache.dir)) if config.cache.dir else Path(config.output_dir) / "cache"
+    )
+    if config.cache.text and text:
+        instructions = unique_instructions(windows)
+        if val_eps:
+            val = WindowDataset(dataset, layout, keys, spec, val_eps)
+            instructions = sorted(set(instructions) | set(unique_instructions(val)))
+        TextEmbeddingCache.build_or_load(
+            cache_dir / "text_embeds.safetensors", instructions, components, text_id,
+            config.cache.batch_size, progress,
+        )  # fmt: skip
+    if config.cache.latents:
+        LatentCache(cache_dir / "latents", vae_id, windows).build(
+            windows, components, config.cache.batch_size, progress
+        )
+    return cache_dir
+
+
 class Trainer:
     def __init__(self, config: ExperimentConfig, accelerator: Accelerator | None = None) -> None:
         self.config = config
@@ -98,13 +163,7 @@ class Trainer:
         if not dc.root:
             raise ValueError("data.root is not set")
         self.dataset = LeRobotDataset(config.resolve_path(dc.root))
-        self.keys = DatasetKeys(
-            cameras=dict(dc.cameras),
-            state=dc.state_key,
-            action=dc.action_key,
-            state_names=tuple(self.robot.state_joint_names),
-            action_names=tuple(self.robot.action_joint_names),
-        )
+        self.keys = dataset_keys(config, self.robot)
         self.keys.check(self.dataset, self.layout)
         stats_path = config.resolve_path(dc.stats_path) if dc.stats_path else None
         with acc.main_process_first():  # the main process computes the file; the others then load it
@@ -120,14 +179,8 @@ class Trainer:
         # -- model ---------------------------------------------------------------------------------
         self.model, self.components = modeling.build(config, self.robot, self.layout)
         self.model_config = self.model.config
-        self.spec = WindowSpec(
-            action_horizon=self.model_config.action_horizon,
-            video_frames=self.model_config.num_video_frames,
-            video_stride=dc.video_stride,
-        )
-        self.components_id = fingerprint(
-            self.components.text_encoder, self.components.text_encoder.config.to_dict()
-        )
+        self.spec = window_spec(config, self.model_config)
+        self.components_id, self.vae_id = encoder_ids(self.components)
         if train.gradient_checkpointing:
             modeling.enable_gradient_checkpointing(self.model)
 
@@ -202,8 +255,7 @@ class Trainer:
                 )
         self.train_data: torch.utils.data.Dataset = self.train_windows
         if cfg.cache.latents:
-            vae_id = fingerprint(self.components.vae, dict(self.components.vae.config))
-            latents = LatentCache(cache_dir / "latents", vae_id, self.train_windows)
+            latents = LatentCache(cache_dir / "latents", self.vae_id, self.train_windows)
             if acc.is_main_process:
                 latents.build(self.train_windows, self.components, cfg.cache.batch_size, progress)
             acc.wait_for_everyone()

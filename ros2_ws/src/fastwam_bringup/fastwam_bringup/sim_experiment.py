@@ -234,9 +234,11 @@ def stage_record(s: Settings) -> dict[str, Any]:
         print(f"skipped: {len(done['episodes'])} demos recorded earlier ({done['seconds']:.0f} s)")
         s.stage_status["record"] = "skipped"
         return done
-    shutil.rmtree(bags, ignore_errors=True)
+    # A new recording makes the dataset and the caches built from the old one stale.
+    for stale in (bags, s.out / "dataset", s.out / "cache"):
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.monotonic()
-    with tqdm(total=s.demos, desc="record", unit="demo") as bar:
+    with RecordingFollower(s), tqdm(total=s.demos, desc="record", unit="demo") as bar:
         successes = 0
 
         def on_episode(result) -> None:
@@ -269,6 +271,100 @@ def stage_record(s: Settings) -> dict[str, Any]:
     return _mark_finished(s.out, "record", settings, seconds, episodes=episodes)
 
 
+class RecordingFollower:
+    """Converts and caches the demos while the record stage is still recording them.
+
+    The recording (simulated robot, recorder, DDS in one Python process) keeps about one of two CPU
+    cores busy; a spawned process uses the other to convert each bag as soon as the recorder has
+    saved it and to encode its VAE latents into the training cache (one torch thread). The convert
+    stage and the trainers' ``--prepare`` then find those episodes done. It only saves time: the
+    stages that follow skip what it finished and do whatever it did not, and if it fails, what it
+    wrote is removed and they do everything.
+    """
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.process = None
+
+    def __enter__(self) -> RecordingFollower:
+        import multiprocessing
+
+        s = self.s
+        ctx = multiprocessing.get_context("spawn")  # no forked rclpy / torch state
+        self.stop = ctx.Event()
+        overrides = s.trainer_overrides(s.variants[0])
+        args = (s.out / "bags", s.out / "dataset", s.robot_config, s.train_config, overrides, self.stop)
+        self.process = ctx.Process(
+            target=_follow_recording, args=args, name="recording-follower", daemon=True
+        )
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        # The last bags: a few seconds of conversion and encoding (much more only on a stalled disk).
+        self.process.join(300.0 if exc[0] is None else 10.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+        if self.process.exitcode != 0:
+            tqdm.write(
+                f"warning: converting during the recording failed (exit code {self.process.exitcode}); "
+                "the convert and train stages do it all"
+            )
+            for partial in (self.s.out / "dataset", self.s.out / "cache"):
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def _saved_bags(bags: Path, seen: set[str]) -> list[Path]:
+    """Bags under `bags` the recorder has finished saving (episode.json status "saved"), new ones only."""
+    from fastwam.data.episode_bag import SAVED, read_episode_json
+
+    if not bags.is_dir():
+        return []
+    found = []
+    for bag in sorted(p for p in bags.iterdir() if p.is_dir() and p.name not in seen):
+        try:
+            episode = read_episode_json(bag)
+        except (OSError, ValueError):  # being rewritten: next time
+            continue
+        if episode is not None and episode.get("status") == SAVED:
+            found.append(bag)
+    return found
+
+
+def _follow_recording(
+    bags: Path, dataset: Path, robot_config: Path, train_config: Path, overrides, stop
+) -> None:
+    """RecordingFollower's process: convert saved bags in recording order and cache their latents,
+    until `stop` is set and every saved bag is done."""
+    import torch
+
+    from fastwam.data.bag import convert_bags
+    from fastwam_training.config import load_config
+    from fastwam_training.trainer import prepare_caches
+
+    torch.set_num_threads(1)  # the other core is the recording's
+    config = load_robot_config(robot_config)
+    train = load_config(train_config, overrides)
+    seen: set[str] = set()
+    while True:
+        stopping = stop.is_set()  # read first: bags saved before the stop are then all found
+        ready = _saved_bags(bags, seen)
+        if ready:
+            convert_bags(
+                ready, dataset, config, only_success=True, resize_to_layout=True,
+                update_stats=False, log=lambda *_: None,
+            )  # fmt: skip
+            seen.update(bag.name for bag in ready)
+            if (dataset / "meta" / "info.json").is_file():
+                prepare_caches(train, progress=False, text=False)
+        elif stopping:
+            return
+        else:
+            stop.wait(0.5)
+
+
 def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
     from fastwam.data.bag import convert_bags, find_bags, update_dataset_stats
 
@@ -280,10 +376,18 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
         print(f"skipped: {done['episodes']} episodes, {done['frames']} frames converted earlier")
         s.stage_status["convert"] = "skipped"
         return done
-    shutil.rmtree(dataset, ignore_errors=True)
-    # The trainers' latent cache names the dataset by path only: a new dataset invalidates it.
-    shutil.rmtree(s.out / "cache", ignore_errors=True)
+    if s.stage_status.get("record") != "ran":
+        # Converting anew (the recording is older): the trainers' latent cache names the dataset by
+        # path only, so a new dataset invalidates it too. After a recording in this run, the
+        # follower's episodes are this recording's: converting skips them.
+        shutil.rmtree(dataset, ignore_errors=True)
+        shutil.rmtree(s.out / "cache", ignore_errors=True)
     started = time.monotonic()
+    from fastwam.data.lerobot import LeRobotDataset
+
+    early = len(LeRobotDataset(dataset).episode_indices) if (dataset / "meta" / "info.json").is_file() else 0
+    if early:
+        print(f"{early} episodes converted while recording")
     config = load_robot_config(s.robot_config)
     bags = find_bags([s.out / "bags"])
     for bag in tqdm(bags, desc="convert", unit="episode"):
@@ -297,8 +401,6 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
             log=lambda line: tqdm.write(f"  {line}"),
         )
     update_dataset_stats(dataset, config)
-    from fastwam.data.lerobot import LeRobotDataset
-
     data = LeRobotDataset(dataset)
     s.stage_status["convert"] = "ran"
     return _mark_finished(
@@ -308,6 +410,7 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
         time.monotonic() - started,
         episodes=len(data.episode_indices),
         frames=data.total_frames,
+        converted_during_recording=early,
     )
 
 

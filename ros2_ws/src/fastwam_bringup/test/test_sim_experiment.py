@@ -92,8 +92,12 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     labels = [json.loads((b / "episode.json").read_text())["task_success"] for b in bags]
     assert labels == [True, True]
 
-    # convert: both demos as episodes, cameras at the layout size
+    # convert: both demos as episodes, cameras at the layout size, converted (and their latents
+    # cached) by the follower process while the recording went on
     dataset = LeRobotDataset(out / "dataset")
+    convert = json.loads((out / "stages" / "convert.json").read_text())
+    assert convert["converted_during_recording"] == 2, convert
+    assert len(list((out / "cache").glob("*/latents/episode_*.safetensors"))) == 2
     assert dataset.episode_indices == [0, 1]
     assert dataset.total_frames > 2 * 100  # ~10 s demos at 15 Hz
     assert dataset.feature("observation.images.head")["shape"][:2] == [128, 160]
