@@ -51,12 +51,13 @@ TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
 VARIANTS = ("fast_wam", "no_cotrain", "joint", "idm")
 RANDOM_INIT = "random_init"
 STAGES = ("record", "convert", "train", "random", "eval", "report")
-# Scripted episodes in the recorder (simulated seconds, divided by the time scale) and conversion, per
-# demo (the VAE latent cache included: 0.64 + 1.6 s), and training, per sample of the sim preset on
-# 2 CPU cores, one variant at a time (the variants with future video ~2x no_cotrain): for the time
-# estimate printed before the runner trains its default checkpoint.
-RECORD_SECONDS_PER_DEMO = 11.5
-CONVERT_SECONDS_PER_DEMO = 2.2
+# Scripted episodes in the recorder (simulated seconds, divided by the time scale), with the
+# conversion and VAE latent cache that RecordingFollower does meanwhile (60 demos: 234 s, then 2 s of
+# convert stage); and training, per sample of the sim preset on 2 CPU cores, one variant at a time
+# (the variants with future video ~2x no_cotrain): for the time estimate printed before the runner
+# trains its default checkpoint.
+RECORD_SECONDS_PER_DEMO = 11.7
+CONVERT_SECONDS_PER_DEMO = 0.1
 # The simulated robot's speed while recording: the largest of 2, 3, 4 measured loss-free on 2 busy
 # CPU cores (benchmarks/sim_time_scale.py: no camera frame missing or late, dataset frames per
 # episode as at 1x, within the 1x runs' own +-1). 4x kept every frame but its episodes converted to
@@ -365,6 +366,11 @@ def _follow_recording(
             stop.wait(0.5)
 
 
+def _log_conversion(line: str) -> None:
+    if not (line.startswith("skip ") and ": already in " in line):  # the follower's: counted above
+        tqdm.write(f"  {line}")
+
+
 def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
     from fastwam.data.bag import convert_bags, find_bags, update_dataset_stats
 
@@ -398,7 +404,7 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
             only_success=True,
             resize_to_layout=True,
             update_stats=False,
-            log=lambda line: tqdm.write(f"  {line}"),
+            log=_log_conversion,
         )
     update_dataset_stats(dataset, config)
     data = LeRobotDataset(dataset)
