@@ -46,11 +46,19 @@ class CameraView:
             raise ValueError("camera key must be a non-empty string")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"camera {self.key!r}: size must be positive, got {self.height}x{self.width}")
-        if self.resize is not None:
-            object.__setattr__(self, "resize", tuple(int(v) for v in self.resize))
-        object.__setattr__(self, "crop_origin", tuple(int(v) for v in self.crop_origin))
-        if len(self.crop_origin) != 2 or (self.resize is not None and len(self.resize) != 2):
-            raise ValueError(f"camera {self.key!r}: resize and crop_origin are (height, width) pairs")
+        try:
+            if self.resize is not None:
+                object.__setattr__(self, "resize", tuple(int(v) for v in self.resize))
+            object.__setattr__(self, "crop_origin", tuple(int(v) for v in self.crop_origin))
+        except (TypeError, ValueError):
+            ok = False
+        else:
+            ok = len(self.crop_origin) == 2 and (self.resize is None or len(self.resize) == 2)
+        if not ok:
+            raise ValueError(
+                f"camera {self.key!r}: resize and crop_origin are (height, width) pairs of integers, "
+                f"got {self.resize!r} and {self.crop_origin!r}"
+            )
         top, left = self.crop_origin
         height, width = self.stored_size
         if top < 0 or left < 0 or top + self.height > height or left + self.width > width:
@@ -173,8 +181,8 @@ class CameraLayout:
                         str(view["key"]),
                         int(view["height"]),
                         int(view["width"]),
-                        resize=None if view.get("resize") is None else tuple(view["resize"]),
-                        crop_origin=tuple(view.get("crop_origin", (0, 0))),
+                        resize=view.get("resize"),  # checked (and made tuples) by CameraView
+                        crop_origin=view.get("crop_origin", (0, 0)),
                     )
                 )
             rows.append(tuple(views))

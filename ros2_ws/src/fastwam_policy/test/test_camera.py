@@ -131,6 +131,8 @@ def test_window_must_fit_in_the_resized_image():
         CameraView("head", 32, 64, crop_origin=(1, 0))  # no resize: the window is the whole image
     with pytest.raises(ValueError, match="pairs"):
         CameraView("head", 32, 64, resize=(54, 72, 3))
+    with pytest.raises(ValueError, match="pairs"):
+        CameraLayout.from_dict({"rows": [[{"key": "a", "height": 32, "width": 32, "resize": 64}]]})
 
 
 def test_composite_to_tensor_range_and_layout():
