@@ -88,43 +88,57 @@ def encoder_ids(components) -> tuple[str, str]:
     return text, fingerprint(components.vae, dict(components.vae.config))
 
 
-def prepare_caches(config: ExperimentConfig, progress: bool = True, text: bool = True) -> Path:
-    """Build the VAE latent cache (and with ``text`` the text cache) of the config's dataset, and
-    nothing else: no statistics, optimizer or run directory, so it runs on a dataset that is still
-    growing. Episodes already cached are skipped, so calling it again as episodes arrive encodes only
-    the new ones, and `Trainer` then finds them done. (The text cache is one file for every
-    instruction: build it once the dataset is complete.) Single process. Returns the cache directory."""
-    if not config.data.root:
-        raise ValueError("data.root is not set")
-    if not (config.cache.text or config.cache.latents):
-        raise ValueError("the config caches nothing (cache.text and cache.latents are both off)")
-    robot, layout = config.robot_and_cameras()
-    dataset = LeRobotDataset(config.resolve_path(config.data.root))
-    keys = dataset_keys(config, robot)
-    keys.check(dataset, layout)
-    model, components = modeling.build(config, robot, layout)
-    text_id, vae_id = encoder_ids(components)
-    train_eps, val_eps = split_episodes(dataset.episode_indices, config.data.val_episodes, seed=config.seed)
-    spec = window_spec(config, model.config)
-    stride = config.cache.latent_stride if config.cache.latents else 1
-    windows = WindowDataset(dataset, layout, keys, spec, train_eps, load_video=True, start_stride=stride)
-    cache_dir = (
+def cache_directory(config: ExperimentConfig) -> Path:
+    """Where the text and VAE latent caches live: cache.dir, or <output_dir>/cache."""
+    return (
         Path(config.resolve_path(config.cache.dir)) if config.cache.dir else Path(config.output_dir) / "cache"
     )
-    if config.cache.text and text:
-        instructions = unique_instructions(windows)
-        if val_eps:
-            val = WindowDataset(dataset, layout, keys, spec, val_eps)
-            instructions = sorted(set(instructions) | set(unique_instructions(val)))
-        TextEmbeddingCache.build_or_load(
-            cache_dir / "text_embeds.safetensors", instructions, components, text_id,
-            config.cache.batch_size, progress,
-        )  # fmt: skip
-    if config.cache.latents:
-        LatentCache(cache_dir / "latents", vae_id, windows).build(
-            windows, components, config.cache.batch_size, progress
+
+
+class CachePreparer:
+    """Builds the VAE latent cache (and with ``text`` the text cache) of the config's dataset, and
+    nothing else: no statistics, optimizer or run directory, so it runs on a dataset that is still
+    growing. The frozen encoders are built once; each call re-reads the dataset and encodes only the
+    episodes not cached yet, which `Trainer` then finds done. (The text cache is one file for every
+    instruction: build it once the dataset is complete.) Single process."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        if not config.data.root:
+            raise ValueError("data.root is not set")
+        if not (config.cache.text or config.cache.latents):
+            raise ValueError("the config caches nothing (cache.text and cache.latents are both off)")
+        self.config = config
+        self.robot, self.layout = config.robot_and_cameras()
+        model, self.components = modeling.build(config, self.robot, self.layout)
+        self.spec = window_spec(config, model.config)
+        self.text_id, self.vae_id = encoder_ids(self.components)
+        self.cache_dir = cache_directory(config)
+
+    def __call__(self, progress: bool = True, text: bool = True) -> Path:
+        """Cache what the dataset holds now; returns the cache directory."""
+        config, layout, spec = self.config, self.layout, self.spec
+        dataset = LeRobotDataset(config.resolve_path(config.data.root))
+        keys = dataset_keys(config, self.robot)
+        keys.check(dataset, layout)
+        train_eps, val_eps = split_episodes(
+            dataset.episode_indices, config.data.val_episodes, seed=config.seed
         )
-    return cache_dir
+        stride = config.cache.latent_stride if config.cache.latents else 1
+        windows = WindowDataset(dataset, layout, keys, spec, train_eps, load_video=True, start_stride=stride)
+        if config.cache.text and text:
+            instructions = unique_instructions(windows)
+            if val_eps:
+                val = WindowDataset(dataset, layout, keys, spec, val_eps)
+                instructions = sorted(set(instructions) | set(unique_instructions(val)))
+            TextEmbeddingCache.build_or_load(
+                self.cache_dir / "text_embeds.safetensors", instructions, self.components, self.text_id,
+                config.cache.batch_size, progress,
+            )  # fmt: skip
+        if config.cache.latents:
+            LatentCache(self.cache_dir / "latents", self.vae_id, windows).build(
+                windows, self.components, config.cache.batch_size, progress
+            )
+        return self.cache_dir
 
 
 class Trainer:
@@ -236,8 +250,7 @@ class Trainer:
     # -- caches --------------------------------------------------------------------------------------
     def _setup_caches(self) -> None:
         cfg, acc = self.config, self.accelerator
-        cache_dir = Path(cfg.resolve_path(cfg.cache.dir)) if cfg.cache.dir else self.out / "cache"
-        self.cache_dir = cache_dir
+        cache_dir = self.cache_dir = cache_directory(cfg)
         progress = acc.is_main_process and cfg.logging.progress
         self.text_cache = None
         if cfg.cache.text:

@@ -84,25 +84,26 @@ def test_encoder_fingerprint_ignores_private_config_keys(components):
     assert fingerprint(vae, config) != fingerprint(vae, {**config, "base_dim": config["base_dim"] + 1})
 
 
-def test_prepare_caches_follows_a_growing_dataset_and_the_trainer_reuses_them(tmp_path):
+def test_cache_preparer_follows_a_growing_dataset_and_the_trainer_reuses_them(tmp_path):
     """What the simulation experiment's RecordingFollower does: latents cached episode by episode
     while the dataset grows (without statistics, which need the whole dataset), then the trainer
     finds every episode cached and encodes nothing again."""
     from fastwam.data.lerobot import LeRobotV21Writer
     from fastwam_training.config import from_dict
     from fastwam_training.synthetic import episode_arrays, experiment_dict, robot_dict
-    from fastwam_training.trainer import Trainer, prepare_caches
+    from fastwam_training.trainer import CachePreparer, Trainer
 
     root = tmp_path / "ds"
     names = [j for g in robot_dict()["groups"] for j in g["joints"]]
     writer = LeRobotV21Writer(root, 15, "synthetic_arm", CAMERAS, names, names, video_codec="h264_lossless")
     config = from_dict(experiment_dict(root, tmp_path / "run", cache={"text": True, "latents": True}))
     latents = tmp_path / "run" / "cache" / "latents"
+    prepare_caches = CachePreparer(config)  # the encoders once, as the follower builds them
     made = {}
     for episode in range(2):
         a = episode_arrays(episode, 12, len(names))
         writer.add_episode(a["frames"], a["state"], a["action"], a["timestamps"], a["task"])
-        assert prepare_caches(config, progress=False, text=False) == tmp_path / "run" / "cache"
+        assert prepare_caches(progress=False, text=False) == tmp_path / "run" / "cache"
         files = sorted(latents.glob("episode_*.safetensors"))
         assert [f.name for f in files] == [f"episode_{i:06d}.safetensors" for i in range(episode + 1)]
         made.update({f.name: f.stat().st_mtime_ns for f in files if f.name not in made})

@@ -343,11 +343,11 @@ def _follow_recording(
 
     from fastwam.data.bag import convert_bags
     from fastwam_training.config import load_config
-    from fastwam_training.trainer import prepare_caches
+    from fastwam_training.trainer import CachePreparer
 
     torch.set_num_threads(1)  # the other core is the recording's
     config = load_robot_config(robot_config)
-    train = load_config(train_config, overrides)
+    prepare_caches = CachePreparer(load_config(train_config, overrides))  # the encoders, built once
     seen: set[str] = set()
     while True:
         stopping = stop.is_set()  # read first: bags saved before the stop are then all found
@@ -359,7 +359,7 @@ def _follow_recording(
             )  # fmt: skip
             seen.update(bag.name for bag in ready)
             if (dataset / "meta" / "info.json").is_file():
-                prepare_caches(train, progress=False, text=False)
+                prepare_caches(progress=False, text=False)
         elif stopping:
             return
         else:
