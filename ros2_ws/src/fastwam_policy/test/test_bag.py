@@ -399,3 +399,112 @@ def test_sequence_gaps_and_overflow_are_counted_as_dropped(tmp_path, config):
     recorder.submit(0, 1, bytes(20_000))
     assert recorder.status().dropped == [1]
     recorder.stop(save=False, task_success=False)
+
+
+def teleop_messages(config, seconds, windows, late_groups=None):
+    """An episode as an operator records it: the commands only inside `windows` (seconds since
+    the recording began, [start, end) pairs); late_groups: group -> its own first command time."""
+    command_topics = {t: g for g, t in config.topics.command.items()}
+    out = []
+    for topic, t, data in episode_messages(config, seconds=seconds):
+        s = (t - T0) / 1e9
+        if topic in command_topics:
+            if not any(a <= s < b for a, b in windows):
+                continue
+            if s < (late_groups or {}).get(command_topics[topic], -1.0):
+                continue
+        out.append((topic, t, data))
+    return out
+
+
+def _tree_digest(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_teleop_that_starts_late_pauses_and_ends_early_converts_trimmed_and_reported(tmp_path, config):
+    """The operator takes the controls 6 s into the recording, lets go of them for 1.3 s, stops
+    commanding 1 s before the recording ends; the left gripper is first commanded 0.5 s after the
+    rest. The idle head and tail are trimmed, the pause is held, the gripper's target is its
+    measured position until its first command, and the verdict says so."""
+    recorder = EpisodeRecorder(tmp_path / "bags", topic_specs(config), flush_period_s=0.2)
+    messages = teleop_messages(config, 10.0, [(6.0, 7.0), (8.3, 9.0)], late_groups={"gripper_left": 6.5})
+    bag, _ = record(recorder, messages)
+    before = _tree_digest(bag.path)
+    root = tmp_path / "dataset"
+    lines: list[str] = []
+    verdicts: list[dict] = []
+    added = convert_bags([bag.path], root, config, codec="h264_lossless", log=lines.append, verdicts=verdicts)
+    assert added == [0]
+    assert _tree_digest(bag.path) == before  # nothing recorded is modified
+    (v,) = verdicts
+    assert v["verdict"] == "converted" and v["episode_index"] == 0
+    # Head frames every 1/15 s from T0; commands (100 Hz, stamped at i/100 - 0.02 s) from 6.0 s.
+    assert v["idle_head_s"] == pytest.approx(6.0, abs=0.011) and v["trimmed_start_s"] == pytest.approx(
+        6.0, abs=0.07
+    )
+    assert v["idle_tail_s"] == pytest.approx(1.0 - 1 / 15, abs=0.011)  # the last head frame is at 9.93 s
+    assert v["command_pauses_held"]["arm_left"]["count"] == 1
+    assert v["command_pauses_held"]["arm_left"]["longest_s"] == pytest.approx(1.31, abs=0.011)
+    assert "trimmed 6.0" in lines[0] and "pause" in lines[0]
+    report = [
+        json.loads(line) for line in (root / "meta" / "fastwam_conversion.jsonl").read_text().splitlines()
+    ]
+    assert report == verdicts
+
+    data = LeRobotDataset(root).read_episode(0, ["observation.state", "action"])
+    t_s = v["trimmed_start_s"] + data.timestamps  # seconds since the recording began
+    assert t_s[0] >= 6.0 and t_s[-1] < 9.0
+    action = config.robot.split(data.columns["action"], config.robot.action_groups)
+    state = config.robot.split(data.columns["observation.state"], config.robot.state_groups)
+    groups = list(config.topics.command)
+    n = len(config.robot.group("arm_left").joints)
+    last_before_pause = 6.99  # the last command stamp before 7.0 s (i / 100 - 0.02)
+    expected = np.where(
+        ((t_s >= last_before_pause) & (t_s < 8.3))[:, None],
+        joint_value(groups.index("arm_left") + 0.5, np.full_like(t_s, last_before_pause), n),
+        joint_value(groups.index("arm_left") + 0.5, t_s, n),
+    )
+    np.testing.assert_allclose(action["arm_left"], expected, atol=1e-5)
+    # The left gripper before its first command (6.5 s): its measured position.
+    early = t_s < 6.5
+    assert early.any() and (~early).any()
+    np.testing.assert_allclose(action["gripper_left"][early], state["gripper_left"][early], atol=1e-6)
+    commanded = joint_value(groups.index("gripper_left") + 0.5, t_s, 1)
+    in_use = ~early & ((t_s < last_before_pause) | (t_s >= 8.3))
+    np.testing.assert_allclose(action["gripper_left"][in_use], commanded[in_use], atol=1e-5)
+
+
+def test_a_rejected_episode_is_reported_and_the_batch_goes_on_unless_strict(tmp_path, config):
+    recorder = EpisodeRecorder(tmp_path / "bags", topic_specs(config), flush_period_s=0.2)
+    good, _ = record(recorder, episode_messages(config, seconds=1.0))
+    paused, _ = record(recorder, teleop_messages(config, 8.0, [(0.0, 2.0), (6.5, 8.0)]))
+    silent, _ = record(recorder, teleop_messages(config, 2.0, []))
+    last, _ = record(recorder, episode_messages(config, seconds=1.0))
+    before = {b.name: _tree_digest(b.path) for b in (good, paused, silent, last)}
+    root = tmp_path / "dataset"
+    verdicts: list[dict] = []
+    added = convert_bags(find_bags([tmp_path / "bags"]), root, config, log=lambda *_: None, verdicts=verdicts)
+    assert added == [0, 1]
+    assert [v["verdict"] for v in verdicts] == ["converted", "rejected", "rejected", "converted"]
+    assert "no command for 4.5" in verdicts[1]["reason"] and "--max-pause-s 3.0" in verdicts[1]["reason"]
+    assert "has no messages" in verdicts[2]["reason"]  # no command at all
+    assert {b.name: _tree_digest(b.path) for b in (good, paused, silent, last)} == before
+    # Run again: the converted are skipped, the rejected judged (and reported) again.
+    verdicts.clear()
+    assert (
+        convert_bags(find_bags([tmp_path / "bags"]), root, config, log=lambda *_: None, verdicts=verdicts)
+        == []
+    )
+    assert [v["verdict"] for v in verdicts] == ["skipped", "rejected", "rejected", "skipped"]
+    assert len((root / "meta" / "fastwam_conversion.jsonl").read_text().splitlines()) == 8
+    # A longer --max-pause-s bridges the pause.
+    assert convert_bags([paused.path], root, config, max_pause_s=5.0, log=lambda *_: None) == [2]
+    # --strict stops at the first rejection; the CLI exits 1 when any episode was rejected.
+    with pytest.raises(BagError, match="has no messages"):
+        convert_bags([silent.path, last.path], tmp_path / "strict", config, strict=True, log=lambda *_: None)
+    assert not (tmp_path / "strict" / "meta" / "info.json").exists()
+    args = ["convert", str(tmp_path / "bags"), "--dataset", str(tmp_path / "cli"), "--config", str(CONFIG)]
+    assert main([*args, "--report", str(tmp_path / "verdicts.jsonl")]) == 1
+    cli = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [v["verdict"] for v in cli] == ["converted", "rejected", "rejected", "converted"]
+    assert LeRobotDataset(tmp_path / "cli").episode_indices == [0, 1]

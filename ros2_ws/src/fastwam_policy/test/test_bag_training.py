@@ -11,7 +11,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from test_bag import CONFIG, episode_messages, record, topic_specs  # noqa: E402
+from test_bag import CONFIG, episode_messages, record, teleop_messages, topic_specs  # noqa: E402
 
 from fastwam.data.bag import CAMERA_FEATURE, convert_bags  # noqa: E402
 from fastwam.data.episode_bag import EpisodeRecorder  # noqa: E402
@@ -27,11 +27,16 @@ def test_recorded_episodes_train_one_step(tmp_path):
     messages = episode_messages(config, seconds=1.5)
     record(recorder, messages, instruction="fold the towel")
     record(recorder, messages, instruction="fold the towel again", success=False)
+    # Real teleoperation: the operator takes the controls 6 s after starting the recording.
+    record(recorder, teleop_messages(config, 7.5, [(6.0, 7.5)]), instruction="fold the towel late")
     root = tmp_path / "dataset"
-    assert convert_bags(sorted((tmp_path / "episodes").iterdir()), root, config, log=lambda *_: None) == [
-        0,
-        1,
-    ]
+    verdicts: list[dict] = []
+    bags = sorted((tmp_path / "episodes").iterdir())
+    assert convert_bags(bags, root, config, log=lambda *_: None, verdicts=verdicts) == [0, 1, 2]
+    assert verdicts[2]["verdict"] == "converted" and verdicts[2]["idle_head_s"] == pytest.approx(
+        6.0, abs=0.02
+    )
+    assert verdicts[2]["frames"] == 22  # 1.5 s at 15 Hz: the idle 6 s trimmed
 
     # The R1 Lite robot spec and camera keys, with a small layout so the tiny model runs fast on CPU.
     experiment = {

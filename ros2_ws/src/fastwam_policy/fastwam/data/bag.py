@@ -5,11 +5,32 @@ the recorder node or by a plain `ros2 bag record` of the same topics, and aligns
 the reference (head) camera's timestamps:
     cameras   nearest frame (JPEG/PNG CompressedImage or raw Image), decoded to RGB
     state     feedback JointState positions, linearly interpolated, laid out as robot.state_groups
-    action    commanded /motion_target positions, linearly interpolated, as robot.action_groups
-The head camera is subsampled to the dataset fps (config control.rate_hz unless given), the
-episode is trimmed to the span every stream covers, and the episode is appended through the shared
-LeRobot v2.1 writer (fastwam.data.lerobot), which writes H.264 videos with PyAV and per-episode
-stats; the global statistics (meta/fastwam_stats.json) are recomputed after each run.
+    action    commanded /motion_target positions, laid out as robot.action_groups (policy below)
+The head camera is subsampled to the dataset fps (config control.rate_hz unless given), and the
+episode is appended through the shared LeRobot v2.1 writer (fastwam.data.lerobot), which writes
+H.264 videos with PyAV and per-episode stats; the global statistics (meta/fastwam_stats.json) are
+recomputed after each run.
+
+Real teleoperation (the policy for streams that start late, pause or end early). An operator
+starts the recording, takes the controls seconds later, pauses, and lets go before stopping it:
+  - idle head and tail: the frames before the first command (of any group) and after the last are
+    trimmed, however long; the verdict says by how much. Nothing was commanded there, so there is
+    no action to learn from them.
+  - inside the commanded span, a group's target is its commands linearly interpolated where they
+    are at most --max-gap-s apart; across a longer pause, the last command held until the next
+    (what the robot's controller does with its last target); before the group's own first command,
+    its measured position (the robot holds where it is); after its last command, the last command.
+  - a pause of every command stream longer than --max-pause-s inside the span rejects the episode:
+    a long idle stretch mid-demonstration would teach the policy to stand still (record it as two
+    episodes instead). So does a commanded span of fewer than 2 frames (nothing commanded).
+  - sensors are not filled in: a camera or feedback stream that starts more than --max-trim-s
+    after the head camera, ends that much before it, or has a gap over --max-gap-s (cameras:
+    --max-skew-s) rejects the episode, naming the stream.
+Every bag gets a verdict: converted (frames, trimmed head/tail seconds, pauses held), skipped
+(already in the dataset, unfinished, not a success with --only-success) or rejected (why). Each is
+printed and appended as one JSON line to the report (default <dataset>/meta/fastwam_conversion.jsonl).
+A rejected episode never stops the batch (the exit status is then 1) unless --strict, which stops
+at the first. The converter only reads bags: nothing recorded is deleted or modified.
 
     python -m fastwam.data.bag convert BAG_OR_DIR... --dataset DIR --config r1_lite.yaml
     python -m fastwam.data.bag recover EPISODE_OR_OUTPUT_DIR...
@@ -191,9 +212,11 @@ def align_episode(
     max_skew_s: float = 0.25,
     max_gap_s: float = 0.5,
     max_trim_s: float = 1.0,
+    max_pause_s: float = 3.0,
     resize_to_layout: bool = False,
 ) -> AlignedEpisode:
-    """Resample every stream at the reference camera's frames (subsampled to `fps`).
+    """Resample every stream at the reference camera's frames (subsampled to `fps`) over the
+    commanded span (the module docstring's policy); raises BagError when the episode is rejected.
 
     resize_to_layout: store each camera at its size in the config's camera layout (what the model
     sees) instead of the native resolution: smaller datasets, faster conversion and loading.
@@ -203,26 +226,47 @@ def align_episode(
     if reference not in streams.cameras:
         raise BagError(f"{bag}: reference camera {reference!r} is not among {sorted(streams.cameras)}")
     ref = streams.cameras[reference].stamps
-    # Joints are interpolated, so frames must lie where every joint stream has samples; cameras are
-    # matched to the nearest frame and checked for skew instead. Trimming more than max_trim_s at
-    # either end means a stream started late or stopped early: an error, not a silent cut.
-    joints = {
-        **{f"feedback {g}": s for g, s in streams.feedback.items()},
-        **{f"command {g}": s for g, s in streams.command.items()},
-    }
-    for name, stream in joints.items():
+    # Sensors: frames must lie where every feedback stream has samples (they are interpolated);
+    # one that starts late or stops early by more than max_trim_s is a fault, not idle time.
+    for group, stream in streams.feedback.items():
         late, early = (stream.stamps[0] - ref[0]) / 1e9, (ref[-1] - stream.stamps[-1]) / 1e9
         if max(late, early) > max_trim_s:
             what = f"starts {late:.2f} s after" if late > early else f"ends {early:.2f} s before"
             raise BagError(
-                f"{bag}: {name} {what} the {reference} camera (more than --max-trim-s {max_trim_s})"
+                f"{bag}: feedback {group} {what} the {reference} camera (more than --max-trim-s "
+                f"{max_trim_s}): a sensor stream is not filled in"
             )
-    start = max([ref[0], *(s.stamps[0] for s in joints.values())])
-    end = min([ref[-1], *(s.stamps[-1] for s in joints.values())])
+    if not streams.command:
+        raise BagError(f"{bag}: the robot config names no command topics")
+    # Commands: the span from the first command of any group to the last. A group without a
+    # feedback stream of its name has no measured position to stand for its target before its
+    # own first command, so the span starts no earlier than that.
+    first = {g: int(s.stamps[0]) for g, s in streams.command.items()}
+    last = {g: int(s.stamps[-1]) for g, s in streams.command.items()}
+    command_start = max(
+        [min(first.values()), *(first[g] for g in streams.command if g not in streams.feedback)]
+    )
+    command_end = max(last.values())
+    start = max([int(ref[0]), command_start, *(int(s.stamps[0]) for s in streams.feedback.values())])
+    end = min([int(ref[-1]), command_end, *(int(s.stamps[-1]) for s in streams.feedback.values())])
     inside = np.nonzero((ref >= start) & (ref <= end))[0]
     if len(inside) < 2:
         raise BagError(
-            f"{bag}: fewer than 2 {reference} frames lie in the span all topics cover; episode too short"
+            f"{bag}: fewer than 2 {reference} frames lie in the commanded span "
+            f"({(command_end - command_start) / 1e9:.2f} s of commands in a "
+            f"{(ref[-1] - ref[0]) / 1e9:.2f} s recording): nothing to learn from"
+        )
+    # A pause of every command stream at once inside the span: an idle stretch of the operator.
+    union = np.unique(np.concatenate([s.stamps for s in streams.command.values()]))
+    union = union[(union >= ref[inside[0]]) & (union <= ref[inside[-1]])]
+    edges = np.concatenate([[ref[inside[0]]], union, [ref[inside[-1]]]])
+    pauses = np.diff(edges) / 1e9
+    longest = int(pauses.argmax())
+    if pauses[longest] > max_pause_s:
+        at = (edges[longest] - ref[0]) / 1e9
+        raise BagError(
+            f"{bag}: no command for {pauses[longest]:.2f} s from {at:.2f} s into the recording (more than "
+            f"--max-pause-s {max_pause_s}): an idle stretch mid-demonstration; record it as two episodes"
         )
     span_s = (ref[inside[-1]] - ref[inside[0]]) / 1e9
     camera_rate = (len(inside) - 1) / span_s if span_s > 0 else float("inf")
@@ -237,6 +281,9 @@ def align_episode(
         "frames": int(len(times)),
         "trimmed_start_s": round((ref[inside[0]] - ref[0]) / 1e9, 4),
         "trimmed_end_s": round((ref[-1] - ref[inside[-1]]) / 1e9, 4),
+        # How much of the trimming is the operator's idle head / tail (no command yet / any more).
+        "idle_head_s": round(max(0, command_start - int(ref[0])) / 1e9, 4),
+        "idle_tail_s": round(max(0, int(ref[-1]) - command_end) / 1e9, 4),
     }
     frames = {}
     for key, stream in streams.cameras.items():
@@ -249,14 +296,17 @@ def align_episode(
                 f"(nearest {skew[k]:.3f} s away); camera stalled? (--max-skew-s to relax)"
             )
         info[f"max_skew_s.{key}"] = round(float(skew.max()), 4)
+    feedback = _interpolate(streams.feedback, times, max_gap_s, "feedback", bag)
+    targets, held = {}, {}
+    for group, stream in streams.command.items():
+        targets[group], held[group] = _command_targets(stream, times, max_gap_s, feedback.get(group))
+    info["command_pauses_held"] = {g: h for g, h in held.items() if h["count"]}
+    state = config.robot.join(feedback, config.robot.state_groups)
+    action = config.robot.join(targets, config.robot.action_groups)
+    # Decoding last: a rejected episode costs no JPEG decoding.
+    for key, stream in streams.cameras.items():
         size = _view_sizes(config)[key] if resize_to_layout else None
-        frames[key] = _decode_frames(stream, index, key, bag, size)
-    state = config.robot.join(
-        _interpolate(streams.feedback, times, max_gap_s, "feedback", bag), config.robot.state_groups
-    )
-    action = config.robot.join(
-        _interpolate(streams.command, times, max_gap_s, "command", bag), config.robot.action_groups
-    )
+        frames[key] = _decode_frames(stream, _nearest(stream.stamps, times), key, bag, size)
     # Seconds since the first frame: float32 readers keep microseconds (epoch seconds would not).
     info["start_time_ns"] = int(times[0])
     return AlignedEpisode(frames, state, action, (times - times[0]).astype(np.float64) / 1e9, info)
@@ -287,12 +337,38 @@ def _interpolate(
                 f"{bag}: {kind} of group {group} has no sample within {max_gap_s} s of frame {k} "
                 f"({gap[k]:.3f} s); publisher stalled? (--max-gap-s to relax)"
             )
-        t = (stream.stamps - times[0]).astype(np.float64)  # relative ns keep float64 precision
-        x = (times - times[0]).astype(np.float64)
-        out[group] = np.stack(
-            [np.interp(x, t, stream.positions[:, j]) for j in range(stream.positions.shape[1])], axis=-1
-        )
+        out[group] = _interp(stream.stamps, stream.positions, times)
     return out
+
+
+def _interp(stamps: np.ndarray, positions: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Per-joint linear interpolation at `times`, the end values held outside the samples."""
+    t = (stamps - times[0]).astype(np.float64)  # relative ns keep float64 precision
+    x = (times - times[0]).astype(np.float64)
+    return np.stack([np.interp(x, t, positions[:, j]) for j in range(positions.shape[1])], axis=-1)
+
+
+def _command_targets(
+    stream: JointStream, times: np.ndarray, max_gap_s: float, measured: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One group's targets at `times`: interpolated between commands at most max_gap_s apart, the
+    last command held across a longer pause and after the last, the measured position before the
+    first. Returns them with the held pauses inside [times[0], times[-1]] (count, longest)."""
+    stamps, positions = stream.stamps, stream.positions
+    long = np.nonzero(np.diff(stamps) > max_gap_s * 1e9)[0]
+    inside = long[(stamps[long + 1] > times[0]) & (stamps[long] < times[-1])]
+    pauses = (stamps[inside + 1] - stamps[inside]) / 1e9
+    if len(long):
+        # A copy of the command before each pause, 1 ns before the next command: a held target.
+        stamps = np.insert(stamps, long + 1, stamps[long + 1] - 1)
+        positions = np.insert(positions, long + 1, positions[long], axis=0)
+    targets = _interp(stamps, positions, times)
+    before = times < stream.stamps[0]
+    if before.any():
+        assert measured is not None  # align_episode starts the span at the first command otherwise
+        targets[before] = measured[before]
+    held = {"count": int(len(pauses)), "longest_s": round(float(pauses.max()), 3) if len(pauses) else 0.0}
+    return targets, held
 
 
 def _view_sizes(config: RobotConfig) -> dict[str, tuple[int, int]]:
@@ -367,6 +443,10 @@ def find_bags(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return bags
 
 
+CONVERTED, SKIPPED, REJECTED = "converted", "skipped", "rejected"
+REPORT_FILE = "meta/fastwam_conversion.jsonl"  # one verdict per bag per run, appended
+
+
 def convert_bags(
     bags: Sequence[str | os.PathLike[str]],
     dataset: str | os.PathLike[str],
@@ -379,21 +459,29 @@ def convert_bags(
     max_skew_s: float = 0.25,
     max_gap_s: float = 0.5,
     max_trim_s: float = 1.0,
+    max_pause_s: float = 3.0,
     resize_to_layout: bool = False,
     update_stats: bool = True,
     log=print,
+    strict: bool = False,
+    report: str | os.PathLike[str] | None = None,
+    verdicts: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     """Append each bag as an episode; returns the new dataset episode indices.
 
     Bags already in the dataset (by name, meta/fastwam_sources.jsonl) are skipped, so re-running
     over a growing recording directory appends only the new episodes. Unfinished or failed
-    episodes are skipped with a message (recover them first); a bag that cannot be converted
-    raises BagError before anything of it is written.
+    episodes are skipped with a message (recover them first). A bag that cannot be converted is
+    rejected before anything of it is written, and the batch goes on (strict: BagError at the
+    first). Every bag's verdict is logged, appended to `report` (default <dataset>/REPORT_FILE)
+    and, when given, to `verdicts`.
     """
     from fastwam.data.lerobot import LeRobotV21Writer
 
     fps = float(fps or config.control.rate_hz)
     dataset = Path(dataset)
+    report = Path(report) if report is not None else dataset / REPORT_FILE
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     writer = LeRobotV21Writer(
         dataset,
         fps=fps,
@@ -410,35 +498,61 @@ def convert_bags(
     sources = [s for s in sources if s["episode_index"] < writer.num_episodes]  # drop uncommitted lines
     done = {s["bag"] for s in sources}
     added = []
+
+    def verdict(bag: Path, kind: str, text: str, **facts: Any) -> dict[str, Any]:
+        entry = {"run": run, "bag": str(bag), "verdict": kind, **facts}
+        if kind != CONVERTED:
+            entry["reason"] = text
+        _append_line(report, entry)
+        if verdicts is not None:
+            verdicts.append(entry)
+        log(f"{kind} {bag.name}: {text}" if kind != CONVERTED else f"{bag.name}: {text}")
+        return entry
+
     for bag in map(Path, bags):
         if bag.name in done:
-            log(f"skip {bag}: already in {dataset}")
+            verdict(bag, SKIPPED, f"already in {dataset}")
             continue
-        episode = read_episode_json(bag)
+        try:
+            episode = read_episode_json(bag)
+        except EpisodeError as error:  # an unreadable episode.json
+            verdict(bag, REJECTED, str(error))
+            if strict:
+                raise BagError(str(error)) from error
+            continue
         status = (episode or {}).get("status")
         if status in (RECORDING, FAILED) and not is_complete_bag(bag):
-            log(
-                f"skip {bag}: episode {status} and unfinished; run `python -m fastwam.data.bag recover {bag}`"
+            verdict(
+                bag,
+                SKIPPED,
+                f"episode {status} and unfinished; run `python -m fastwam.data.bag recover {bag}`",
             )
             continue
         if only_success and episode is not None and not episode.get("task_success"):
-            log(f"skip {bag}: not labelled a success")
+            verdict(bag, SKIPPED, "not labelled a success")
             continue
-        task = instruction or (episode or {}).get("instruction") or ""
-        if not task:
-            raise BagError(f"{bag}: no instruction (no episode.json with one); pass --instruction")
         started = time.monotonic()
-        streams = read_episode_streams(bag, config, time_source)
-        read_s = time.monotonic() - started
-        aligned = align_episode(
-            streams,
-            config,
-            fps,
-            max_skew_s=max_skew_s,
-            max_gap_s=max_gap_s,
-            max_trim_s=max_trim_s,
-            resize_to_layout=resize_to_layout,
-        )
+        try:
+            task = instruction or (episode or {}).get("instruction") or ""
+            if not task:
+                raise BagError(f"{bag}: no instruction (no episode.json with one); pass --instruction")
+            streams = read_episode_streams(bag, config, time_source)
+            read_s = time.monotonic() - started
+            aligned = align_episode(
+                streams,
+                config,
+                fps,
+                max_skew_s=max_skew_s,
+                max_gap_s=max_gap_s,
+                max_trim_s=max_trim_s,
+                max_pause_s=max_pause_s,
+                resize_to_layout=resize_to_layout,
+            )
+        except BagError as error:
+            verdict(bag, REJECTED, str(error))
+            if strict:
+                raise
+            continue
         align_s = time.monotonic() - started - read_s
         # The source line goes in first, under the index the episode will get: lines past the
         # dataset's committed episode count are ignored on reopening, and a crash right after the
@@ -469,9 +583,28 @@ def convert_bags(
         _write_lines(sources_path, sources)
         done.add(bag.name)
         added.append(index)
+        info = aligned.info
         duration = len(aligned.timestamps) / fps
-        log(
-            f"{bag.name} -> episode {index}: {record['frames']} frames ({duration:.1f} s) in {time.monotonic() - started:.1f} s"
+        held = sum(h["count"] for h in info["command_pauses_held"].values())
+        trimmed = f", trimmed {info['trimmed_start_s']:.2f} s head / {info['trimmed_end_s']:.2f} s tail"
+        verdict(
+            bag,
+            CONVERTED,
+            f"converted -> episode {index}: {info['frames']} frames ({duration:.1f} s){trimmed}"
+            + (f", {held} command pause(s) held" if held else "")
+            + f" in {time.monotonic() - started:.1f} s",
+            episode_index=index,
+            frames=info["frames"],
+            **{
+                k: info[k]
+                for k in (
+                    "trimmed_start_s",
+                    "trimmed_end_s",
+                    "idle_head_s",
+                    "idle_tail_s",
+                    "command_pauses_held",
+                )
+            },
         )
     if added and update_stats:
         update_dataset_stats(dataset, config)
@@ -494,6 +627,12 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
 def bag_info(bag: str | os.PathLike[str]) -> dict[str, Any]:
@@ -524,10 +663,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--time-source", choices=("header", "receive"), default="header")
     c.add_argument("--only-success", action="store_true", help="skip episodes not labelled successful")
     c.add_argument("--max-skew-s", type=float, default=0.25, help="max camera distance from a head frame")
-    c.add_argument("--max-gap-s", type=float, default=0.5, help="max joint-sample distance from a frame")
     c.add_argument(
-        "--max-trim-s", type=float, default=1.0, help="max cut where joint streams start late/end early"
+        "--max-gap-s",
+        type=float,
+        default=0.5,
+        help="feedback: max sample distance from a frame (else rejected); commands: further apart, the "
+        "last one is held instead of interpolated",
     )
+    c.add_argument(
+        "--max-trim-s",
+        type=float,
+        default=1.0,
+        help="max a feedback stream may start after / end before the head camera (idle command head and "
+        "tail are trimmed without limit)",
+    )
+    c.add_argument(
+        "--max-pause-s",
+        type=float,
+        default=3.0,
+        help="max time with no command at all inside the commanded span (longer: rejected)",
+    )
+    c.add_argument("--strict", action="store_true", help="stop at the first rejected episode")
+    c.add_argument("--report", help="verdicts file, JSON lines (default: <dataset>/" + REPORT_FILE + ")")
     c.add_argument(
         "--resize-to-layout",
         action="store_true",
@@ -541,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "convert":
             config = load_robot_config(args.config)
+            verdicts: list[dict[str, Any]] = []
             added = convert_bags(
                 find_bags(args.bags),
                 args.dataset,
@@ -553,9 +711,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_skew_s=args.max_skew_s,
                 max_gap_s=args.max_gap_s,
                 max_trim_s=args.max_trim_s,
+                max_pause_s=args.max_pause_s,
                 resize_to_layout=args.resize_to_layout,
+                strict=args.strict,
+                report=args.report,
+                verdicts=verdicts,
             )
-            print(f"added {len(added)} episode(s) to {args.dataset}")
+            rejected = [v for v in verdicts if v["verdict"] == REJECTED]
+            report = args.report or str(Path(args.dataset) / REPORT_FILE)
+            print(
+                f"added {len(added)} episode(s) to {args.dataset}; {len(rejected)} rejected; verdicts in {report}"
+            )
+            if rejected:
+                return 1
         elif args.command == "recover":
             targets = []
             for p in map(Path, args.paths):
