@@ -11,8 +11,15 @@ robot is following and, when a new chunk arrives:
 3. limits it: every target is clamped to the joint limits, and each step may move each joint by at
    most ``max_velocity / rate`` from the previous command.
 
-The limited plan is computed when the chunk is merged, so the commands `step` returns are exactly
-the plan that can be published as a trajectory. Pure numpy, no ROS, no clock: callers pass times.
+The limited plan is computed when the chunk is merged and published as a trajectory. `step(now)`
+then bounds each command once more by the time since the previous command: a joint's commanded
+target never moves faster than its max_velocity, whatever the timing of the calls (a chunk that
+lands a few ms after a control tick, a tick that runs early). With regular calls at the control
+rate the commands are exactly the plan. Pure numpy, no ROS, no clock: callers pass times.
+
+With real-time chunking (`fastwam.model.rtc`) the policy needs the plan the robot will follow while
+it predicts: `targets_at` samples it at the new chunk's step times. Such chunks already continue
+the plan, so they are merged with ``blend_steps = 0``; alignment and limits stay the same.
 """
 
 from __future__ import annotations
@@ -126,7 +133,11 @@ class ChunkExecutor:
 
     Holding is the absence of a plan: `step` returns None and the robot keeps its last target.
     `last_command` is the last target returned by `step` (or the position given to `reset`); new
-    plans start from it, so consecutive commands never differ by more than the per-step limit.
+    plans start from it, so consecutive commands never differ by more than the per-step limit, and
+    never by more than max_velocity times the time between them (`step`).
+
+    `exhausted` tells a plan that ran out (every step commanded, no new chunk yet: the robot holds
+    its last target because inference is slower than the plan) from a deliberate hold.
     """
 
     def __init__(self, limits: JointLimits, rate_hz: float, blend_steps: int, replan_steps_left: int):
@@ -141,7 +152,10 @@ class ChunkExecutor:
         self.replan_steps_left = int(replan_steps_left)
         self._plan: np.ndarray | None = None  # [N, A] limited targets
         self._cursor = 0  # index of the next plan step to command
+        self._plan_time = 0.0  # when plan step 0 was due (the merge's `now`)
         self._last: np.ndarray | None = None  # [A]
+        self._last_time: float | None = None  # when `_last` was commanded (None: a reset position)
+        self._exhausted_since: float | None = None  # the first `step` that found the plan used up
         # Monitoring: the raw chunk behind the current plan, and what was commanded against it.
         self.chunk: np.ndarray | None = None  # [H, A] as predicted
         self.chunk_offset = 0  # chunk step of plan step 0 (= steps skipped)
@@ -161,6 +175,15 @@ class ChunkExecutor:
         return 0 if self._plan is None else len(self._plan) - self._cursor
 
     @property
+    def exhausted(self) -> bool:
+        """True when a merged plan has been commanded to its end and no chunk has replaced it."""
+        return self._exhausted_since is not None
+
+    def exhausted_for(self, now: float) -> float:
+        """Seconds the robot has been holding the end of an exhausted plan (0 when not exhausted)."""
+        return 0.0 if self._exhausted_since is None else max(0.0, now - self._exhausted_since)
+
+    @property
     def needs_chunk(self) -> bool:
         """True when the next chunk should be requested (plan short or absent)."""
         return self.steps_left <= self.replan_steps_left
@@ -174,18 +197,33 @@ class ChunkExecutor:
             raise ValueError("position has non-finite values")
         self.hold()
         self._last = position.copy()
+        self._last_time = None
 
     def clear(self) -> None:
         """Forget the plan and the last command: the next merge needs `reset` first."""
         self.hold()
         self._last = None
+        self._last_time = None
 
     def hold(self) -> None:
         """Drop the plan: no further commands until a chunk is merged; the last command stays."""
         self._plan = None
         self._cursor = 0
+        self._exhausted_since = None
         self.chunk = None
         self.executed = []
+
+    def targets_at(self, times: np.ndarray) -> np.ndarray | None:
+        """The plan's targets [n, A] at `times` (increasing), cut where the plan ends (n <= len).
+
+        Plan step k is due at the merge time + k / rate; a time between steps takes the nearest step,
+        a time before the plan its first step. None without a plan (nothing to continue)."""
+        if self._plan is None:
+            return None
+        index = np.floor((np.asarray(times, dtype=np.float64) - self._plan_time) * self.rate_hz + 0.5)
+        index = np.maximum(index.astype(np.int64), 0)
+        index = index[index < len(self._plan)]
+        return self._plan[index].copy()
 
     def merge(self, chunk: np.ndarray, stamp: float, now: float) -> MergeResult:
         """Align `chunk` [H, A] predicted at `stamp` to `now`, blend it into the plan, limit it.
@@ -215,16 +253,32 @@ class ChunkExecutor:
         if len(old) == 0:
             old = self._last[None, :]
         plan = limit_plan(blend(old, aligned, self.blend_steps), self._last, self.limits)
-        self._plan, self._cursor = plan, 0
+        self._plan, self._cursor, self._plan_time = plan, 0, float(now)
+        self._exhausted_since = None
         self.chunk, self.chunk_offset, self.executed = chunk, skipped, []
         return MergeResult(True, skipped)
 
-    def step(self) -> np.ndarray | None:
-        """The next command [A] and advance, or None when there is no plan (hold)."""
-        if self._plan is None or self._cursor >= len(self._plan):
+    def step(self, now: float) -> np.ndarray | None:
+        """The command [A] for time `now` and advance, or None when there is no plan (hold).
+
+        The plan's next target, moved from the previous command by at most max_velocity times the
+        time since it (one control period at most: a late call does not jump to catch up), then
+        clamped to the joint limits. The first command after `reset` may move one period's worth
+        from the reset position. A call earlier than the previous command repeats it."""
+        if self._plan is None:
             return None
-        command = self._plan[self._cursor].copy()
+        if self._cursor >= len(self._plan):
+            if self._exhausted_since is None:
+                self._exhausted_since = float(now)
+            return None
+        if self._last_time is None:
+            fraction = 1.0
+        else:
+            fraction = min(max((now - self._last_time) * self.rate_hz, 0.0), 1.0)
+        bound = self.limits.max_step * fraction
+        command = np.clip(self._plan[self._cursor], self._last - bound, self._last + bound)
+        command = np.clip(command, self.limits.lower, self.limits.upper)
         self._cursor += 1
-        self._last = command
+        self._last, self._last_time = command, float(now)
         self.executed.append(command)
-        return command
+        return command.copy()
