@@ -18,7 +18,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from fastwam.data.bag import BagError, convert_bags, find_bags, main, read_episode_streams
+from fastwam.data.bag import BagError, check_bag, convert_bags, find_bags, main, read_episode_streams
 from fastwam.data.episode_bag import (
     EpisodeError,
     EpisodeRecorder,
@@ -488,6 +488,11 @@ def test_a_rejected_episode_is_reported_and_the_batch_goes_on_unless_strict(tmp_
     assert [v["verdict"] for v in verdicts] == ["converted", "rejected", "rejected", "converted"]
     assert "no command for 4.5" in verdicts[1]["reason"] and "--max-pause-s 3.0" in verdicts[1]["reason"]
     assert "has no messages" in verdicts[2]["reason"]  # no command at all
+    # The quick check (no image decoded) gives the same verdicts.
+    assert [check_bag(b.path, config) for b in (good, paused, silent)] == [
+        "",
+        *(v["reason"] for v in verdicts[1:3]),
+    ]
     assert {b.name: _tree_digest(b.path) for b in (good, paused, silent, last)} == before
     # Run again: the converted are skipped, the rejected judged (and reported) again.
     verdicts.clear()

@@ -214,12 +214,14 @@ def align_episode(
     max_trim_s: float = 1.0,
     max_pause_s: float = 3.0,
     resize_to_layout: bool = False,
+    decode: bool = True,
 ) -> AlignedEpisode:
     """Resample every stream at the reference camera's frames (subsampled to `fps`) over the
     commanded span (the module docstring's policy); raises BagError when the episode is rejected.
 
     resize_to_layout: store each camera at its size in the config's camera layout (what the model
     sees) instead of the native resolution: smaller datasets, faster conversion and loading.
+    decode=False: every check, no image decoded (frames left empty): a quick verdict.
     """
     bag = streams.bag
     reference = reference or ("head" if "head" in streams.cameras else config.cameras.keys[0])
@@ -304,7 +306,7 @@ def align_episode(
     state = config.robot.join(feedback, config.robot.state_groups)
     action = config.robot.join(targets, config.robot.action_groups)
     # Decoding last: a rejected episode costs no JPEG decoding.
-    for key, stream in streams.cameras.items():
+    for key, stream in streams.cameras.items() if decode else ():
         size = _view_sizes(config)[key] if resize_to_layout else None
         frames[key] = _decode_frames(stream, _nearest(stream.stamps, times), key, bag, size)
     # Seconds since the first frame: float32 readers keep microseconds (epoch seconds would not).
@@ -609,6 +611,23 @@ def convert_bags(
     if added and update_stats:
         update_dataset_stats(dataset, config)
     return added
+
+
+def check_bag(
+    bag: str | os.PathLike[str],
+    config: RobotConfig,
+    fps: float | None = None,
+    time_source: str = "header",
+    **limits,
+) -> str:
+    """Why convert_bags would reject this bag with these limits (align_episode's keywords), or ""
+    when it would convert it. Reads the bag, decodes no image."""
+    try:
+        streams = read_episode_streams(bag, config, time_source)
+        align_episode(streams, config, float(fps or config.control.rate_hz), decode=False, **limits)
+    except (BagError, EpisodeError) as error:
+        return str(error)
+    return ""
 
 
 def update_dataset_stats(dataset: str | os.PathLike[str], config: RobotConfig) -> Path:
