@@ -17,8 +17,10 @@ import torch
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.checkpoint import LoadedCheckpoint, load_checkpoint
 from fastwam.config import FastWAMConfig
+from fastwam.model import rtc
 from fastwam.model.action_loop import check_compile_mode
 from fastwam.model.fastwam import Context
+from fastwam.model.rtc import ChunkGuide
 from fastwam.robot import RobotSpec
 
 TIMING_KEYS = ("preprocess", "text_encode", "vae_encode", "prefix", "action", "total")
@@ -143,9 +145,12 @@ class FastWAMPolicy:
         state: np.ndarray | None,
         instruction: str,
         generator: torch.Generator | None = None,
+        guide: ChunkGuide | None = None,
     ) -> PolicyOutput:
         """images: camera key -> HxWx3 uint8 RGB (any size); state [robot.state_dim] physical units
-        (ignored if the model has no state token); instruction: the task text."""
+        (ignored if the model has no state token); instruction: the task text. ``guide``: sample
+        the chunk with real-time chunking (`fastwam.model.rtc`) as a continuation of the plan in
+        it (physical units), on the eager path."""
         t0 = time.perf_counter()
         state = self._check_inputs(images, state, instruction)
         composite = self.camera_layout.compose(images)  # [H, W, 3] uint8
@@ -165,16 +170,26 @@ class FastWAMPolicy:
         t3 = time.perf_counter()
         cond = self.model.with_state(text, state_t)
         uncond = self.model.with_state(uncond, state_t) if uncond is not None else None
-        actions, phases = self.model.infer(
-            latents,
-            cond,
-            uncond,
-            steps=self.num_inference_steps,
-            cfg_scale=self.cfg_scale,
-            generator=generator,
-            sync=self._sync,
-            samples=self.num_action_samples,
-        )
+        if guide is None:
+            actions, phases = self.model.infer(
+                latents,
+                cond,
+                uncond,
+                steps=self.num_inference_steps,
+                cfg_scale=self.cfg_scale,
+                generator=generator,
+                sync=self._sync,
+                samples=self.num_action_samples,
+            )
+        else:
+            target, weights = guide.padded(
+                self.action_horizon, self.device, lambda a: self.normalizer.normalize("action", a)
+            )
+            actions, phases = rtc.infer_guided(
+                self.model, latents, cond, uncond, target, weights, guide.max_guidance_weight,
+                steps=self.num_inference_steps, cfg_scale=self.cfg_scale, generator=generator,
+                samples=self.num_action_samples, sync=self._sync,
+            )  # fmt: skip
         actions = actions[0].double().cpu().numpy()
         actions = np.asarray(self.normalizer.unnormalize("action", actions), dtype=np.float64)
         t4 = time.perf_counter()

@@ -457,7 +457,8 @@ class FastWAM(nn.Module):
             out.v[layer][:, :, :n_prefix].copy_(v)
         return out
 
-    @torch.no_grad()
+    # No @torch.no_grad(): real-time chunking (fastwam.model.rtc) differentiates it in x; its callers
+    # here (sample_actions, infer) run under no_grad.
     def action_velocity(self, cache: ActionCache, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One action-expert evaluation against the cache: x [B, H, A], t [B] -> velocity [B, H, A].
 

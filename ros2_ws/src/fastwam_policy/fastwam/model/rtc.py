@@ -1,0 +1,288 @@
+"""Real-Time Chunking: the next action chunk sampled as an inpainting of the plan being executed.
+
+Black, Galliker, Levine, "Real-Time Execution of Action Chunking Flow Policies" (arXiv 2506.07339,
+NeurIPS 2025). While a chunk is predicted the robot keeps executing the previous plan, so the new
+chunk's first ``d`` steps (the inference delay, in control steps) are already decided: they are
+frozen to the previous plan, the overlap after them is guided towards it with weights that decay,
+and the rest is free. The guidance is pseudo-inverse guidance (PiGDM) on the flow's predicted clean
+chunk, with no retraining, so it works with any checkpoint.
+
+Our flow convention (`fastwam.model.flow`): ``y_t = (1 - t) y + t eps`` (t = 1 noise, t = 0 data),
+the network predicts ``v = eps - y`` and Euler integrates from t = 1 to 0. The paper's time is
+``tau = 1 - t`` and its velocity ``-v``. At each step, for the current x_t:
+
+    y0_hat = x_t - t v(x_t)                              predicted clean chunk
+    e      = W * (Y - y0_hat)                            Y: previous plan on the new chunk's steps
+    g      = e^T d y0_hat / d x_t                        one vector-Jacobian product (autograd)
+    v_rtc  = v - min(beta, ((1 - t)^2 + t^2) / ((1 - t) t)) g
+
+which is the paper's guided velocity (its eq. with ``r_tau^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2)``
+and the weight ``min(beta, (1 - tau) / (tau r_tau^2))``) with tau = 1 - t and the sign of our
+velocity; the same weight as LeRobot's ``RTCProcessor.denoise_step`` (huggingface/lerobot,
+src/lerobot/policies/rtc/modeling_rtc.py, lines 155-159 at commit 00f4c86). The soft mask W is
+`prefix_weights`. Only the action expert is differentiated: the video prefix's cached K/V are
+constants (detached), so one step costs a forward and a backward pass of the expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastwam.model import flow
+from fastwam.model.fastwam import ActionCache, Context, FastWAM
+
+SCHEDULES = ("linear", "exp", "ones", "zeros")
+# The paper clips the guidance weight at beta = 5 in its experiments; LeRobot's RTCConfig defaults to
+# 10 (configuration_rtc.py, max_guidance_weight). Larger follows the previous plan more closely.
+DEFAULT_MAX_GUIDANCE_WEIGHT = 5.0
+
+
+def prefix_weights(delay: int, execution_horizon: int, horizon: int, schedule: str = "exp") -> np.ndarray:
+    """The soft mask W [horizon] over the new chunk's steps.
+
+    1 for the first ``delay`` steps (executed from the previous plan while the chunk is predicted),
+    then over the overlap up to ``execution_horizon`` (the steps the previous plan still covers):
+    ``linear`` c_i = (end - i) / (end - d + 1), ``exp`` c_i (e^c_i - 1) / (e - 1) (the paper's
+    soft mask, with end = H - s in its notation), ``ones`` 1, ``zeros`` 0 (a hard mask of the
+    delay alone); 0 from ``execution_horizon`` on. As LeRobot's ``get_prefix_weights``
+    (modeling_rtc.py lines 169-190 at commit 00f4c86): the delay is capped at the horizon end.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown RTC schedule {schedule!r}; expected one of {SCHEDULES}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be at least 1, got {horizon}")
+    end = min(max(int(execution_horizon), 0), horizon)
+    d = min(max(int(delay), 0), end)
+    w = np.zeros(horizon, dtype=np.float64)
+    if schedule == "ones":
+        w[:end] = 1.0
+        return w
+    w[:d] = 1.0
+    if schedule == "zeros" or end <= d:
+        return w
+    i = np.arange(d, end, dtype=np.float64)
+    c = (end - i) / (end - d + 1.0)
+    w[d:end] = c if schedule == "linear" else c * np.expm1(c) / (math.e - 1.0)
+    return w
+
+
+def guidance_weight(t: float, max_weight: float) -> float:
+    """min(beta, ((1 - t)^2 + t^2) / ((1 - t) t)) at flow time t (1 noise, 0 data); beta at the
+    ends, where the unclipped weight is infinite. 0 when beta is 0 (plain sampling)."""
+    if max_weight <= 0.0:
+        return 0.0
+    t = float(t)
+    if t <= 0.0 or t >= 1.0:
+        return float(max_weight)
+    return float(min(max_weight, ((1.0 - t) ** 2 + t**2) / ((1.0 - t) * t)))
+
+
+@dataclass(frozen=True)
+class ChunkGuide:
+    """What the next chunk must continue: ``target`` [n, A] the previous plan at the new chunk's
+    first n steps (n <= horizon; physical units in `FastWAMPolicy.predict`, normalised in
+    `sample_guided`) and the soft mask ``weights`` [horizon] (0 from n on)."""
+
+    target: np.ndarray
+    weights: np.ndarray
+    max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT
+
+    def __post_init__(self) -> None:
+        target, weights = np.asarray(self.target), np.asarray(self.weights)
+        if target.ndim != 2 or weights.ndim != 1 or target.shape[0] > weights.shape[0]:
+            raise ValueError(
+                f"RTC guide needs target [n, A] and weights [H] with n <= H, got {target.shape} and "
+                f"{weights.shape}"
+            )
+        if not (np.isfinite(target).all() and np.isfinite(weights).all()):
+            raise ValueError("RTC guide has non-finite values")
+        if self.max_guidance_weight < 0:
+            raise ValueError(f"max_guidance_weight must be >= 0, got {self.max_guidance_weight}")
+
+    @classmethod
+    def for_plan(
+        cls,
+        plan: np.ndarray,
+        delay: int,
+        execution_horizon: int,
+        horizon: int,
+        schedule: str = "exp",
+        max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
+    ) -> ChunkGuide:
+        """The guide for a previous plan [n, A] on the new chunk's steps: the weights end where the
+        plan ends (``execution_horizon`` <= 0: there; otherwise the smaller of the two)."""
+        n = min(len(plan), horizon)
+        end = n if execution_horizon <= 0 else min(execution_horizon, n)
+        weights = prefix_weights(delay, end, horizon, schedule)
+        return cls(np.asarray(plan, dtype=np.float64)[:n], weights, float(max_guidance_weight))
+
+    def padded(self, horizon: int, device, normalize: Callable[[np.ndarray], np.ndarray] | None = None):
+        """(target [H, A], weights [H, 1]) fp32 tensors, the target normalised and zero-padded."""
+        target = np.asarray(self.target, dtype=np.float64)
+        if normalize is not None:
+            target = np.asarray(normalize(target), dtype=np.float64)
+        full = np.zeros((horizon, target.shape[1]), dtype=np.float32)
+        full[: len(target)] = target
+        weights = np.asarray(self.weights, dtype=np.float32)[:horizon].copy()
+        weights[len(target) :] = 0.0  # no target there
+        return (
+            torch.as_tensor(full, device=device),
+            torch.as_tensor(weights, device=device)[:, None],
+        )
+
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B, H, A], t scalar) -> v
+
+
+def guided_velocity(
+    velocity: Velocity,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """v_rtc at (x, t) (module docstring); plain v when the clipped weight is 0 (no backward pass)."""
+    w = guidance_weight(float(t), beta)
+    if w == 0.0:
+        return velocity(x, t)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        v = velocity(x, t)
+        y0 = x - t.to(v.dtype) * v
+        error = (target - y0) * weights
+        (g,) = torch.autograd.grad(y0, x, grad_outputs=error.to(y0.dtype))
+    return v.detach() - w * g
+
+
+def sample_guided(
+    velocity: Velocity,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Euler integration from t = sigmas[0] (1) to sigmas[-1] (0) with the guided velocity -> fp32.
+    target [H, A] (normalised) and weights [H, 1] broadcast over the batch of noise [B, H, A]."""
+    x = noise.float()
+    for i in range(len(sigmas) - 1):
+        v = guided_velocity(velocity, x, sigmas[i], target, weights, beta)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return x
+
+
+def expert_velocity(model: FastWAM, cache: ActionCache, cfg_scale: float) -> Velocity:
+    """The action expert's velocity against a prefilled cache, differentiable in x only.
+
+    `FastWAM.action_velocity` writes the action tokens' K/V into the cache buffers in place; each
+    call gets views of the buffers detached from any earlier graph, so the prefix K/V enter as
+    constants and a step's graph never reaches back into the previous step's."""
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        step_cache = dataclasses.replace(
+            cache, k=[k.detach() for k in cache.k], v=[v.detach() for v in cache.v]
+        )
+        if cfg_scale == 1.0:
+            return model.action_velocity(step_cache, x, t.expand(x.shape[0]))
+        v = model.action_velocity(step_cache, torch.cat([x, x]), t.expand(2 * x.shape[0]))
+        vc, vu = v.chunk(2)
+        return flow.cfg_combine(vc, vu, cfg_scale)
+
+    return velocity
+
+
+def _repeat_cache(cache: ActionCache, n: int) -> ActionCache:
+    """The cache for n draws per prefix row (row r's draws at r * n .. r * n + n - 1)."""
+    if n == 1:
+        return cache
+
+    def rep(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(n, dim=0)
+
+    return dataclasses.replace(
+        cache,
+        k=[rep(k) for k in cache.k],
+        v=[rep(v) for v in cache.v],
+        expert_kv=[(rep(k), rep(v)) for k, v in cache.expert_kv],
+    )
+
+
+def infer_guided(
+    model: FastWAM,
+    first_latents: torch.Tensor,
+    cond: Context,
+    uncond: Context | None,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float,
+    *,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    samples: int = 1,
+    sync: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`FastWAM.infer` with RTC guidance, on the eager path: actions [1, H, A] (normalised, fp32,
+    the mean of ``samples`` guided draws) and timings_ms {"prefix", "action"}.
+
+    The prefix runs once (`build_action_cache`); the 10 guided steps call `action_velocity` with
+    autograd. The static `ActionLoop` (CUDA graphs / torch.compile) stays for plain sampling.
+    Only the cached variants (fast_wam, no_cotrain) have a prefix to keep constant."""
+    cfg = model.config
+    if cfg.variant not in ("fast_wam", "no_cotrain"):
+        raise ValueError(
+            f"real-time chunking needs a cached-prefix variant (fast_wam, no_cotrain), not {cfg.variant!r}"
+        )
+    if first_latents.shape[0] != 1:
+        raise ValueError(
+            f"real-time chunking predicts one chunk at a time, got batch {first_latents.shape[0]}"
+        )
+    steps = steps or cfg.num_inference_steps
+    scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    if scale != 1.0 and uncond is None:
+        raise ValueError("cfg_scale != 1 needs the unconditional context")
+    sync = sync or (lambda: None)
+    ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
+    prefix = first_latents.to(model.device, model.dtype)
+    if scale != 1.0:
+        prefix = torch.cat([prefix, prefix])
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        cache = _repeat_cache(model.build_action_cache(prefix, ctx), samples)
+    sync()
+    t1 = time.perf_counter()
+    shape = (samples, cfg.action_horizon, cfg.action_dim)
+    if noise is None:
+        dev = generator.device if generator is not None else model.device
+        noise = torch.randn(shape, generator=generator, device=dev).to(model.device)
+    sigmas = flow.sigma_grid(steps, cfg.sample_shift, device=model.device)
+    velocity = expert_velocity(model, cache, scale)
+    actions = sample_guided(velocity, noise, sigmas, target.float(), weights.float(), beta)
+    actions = actions.mean(0, keepdim=True).detach()
+    sync()
+    t2 = time.perf_counter()
+    return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}
+
+
+def delay_steps(latencies_s: list[float], rate_hz: float, horizon: int) -> int:
+    """The inference delay d in control steps from measured observation-to-merge latencies: the
+    median of the recent ones, rounded up (a delay estimated one step long freezes one step more of
+    the old plan, which the robot was following anyway; one too short leaves a step of it only
+    softly guided). The median ignores a single slow chunk; the warm-up runs never enter (they are
+    not merged), so a slow first inference cannot freeze most of the chunk. 0 with no measurement."""
+    if not latencies_s:
+        return 0
+    d = math.ceil(float(np.median(latencies_s)) * rate_hz - 1e-9)
+    return int(min(max(d, 0), horizon - 1))
