@@ -116,8 +116,8 @@ class FastWAMConfig:
             raise ValueError("num_inference_steps must be positive")
         if self.num_action_samples < 1:
             raise ValueError(f"num_action_samples must be at least 1, got {self.num_action_samples}")
-        if self.num_latent_frames + self.action_horizon > self.video.rope_max_seq_len:
-            raise ValueError("rope_max_seq_len too small for the video frames + action positions")
+        if self.num_latent_frames > self.video.rope_max_seq_len:
+            raise ValueError("rope_max_seq_len too small for the video frames")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -135,8 +135,7 @@ DEFINITIONS = {
     "joint": {
         ("first", "first"),
         ("future", "first"),
-        ("future", "future"),
-        ("future", "action"),
+        ("future", "future"),  # video never attends to actions (the authors' joint mask)
         ("action", "first"),
         ("action", "future"),
         ("action", "action"),
@@ -193,14 +192,19 @@ def test_full_size_parameter_counts_on_meta_device():
 
 def test_resize_init_interpolates_and_rescales_shrinking_inputs():
     src = torch.arange(12.0).view(3, 4)  # [out=3, in=4]
-    out = resize_tensor(src, (3, 2), is_weight_matrix=True)
+    out = resize_tensor(src, (3, 2), scale_by_width=True)
     # Along the input dim: endpoints kept (align_corners), times sqrt(4 / 2).
     assert torch.allclose(out, torch.tensor([[0.0, 3.0], [4.0, 7.0], [8.0, 11.0]]) * 2**0.5)
-    grown = resize_tensor(torch.tensor([0.0, 2.0]), (3,), is_weight_matrix=False)
+    grown = resize_tensor(torch.tensor([0.0, 2.0]), (3,), scale_by_width=False)
     assert torch.allclose(grown, torch.tensor([0.0, 1.0, 2.0]))
     model = _model()
     # Expert tensors that exist in the video DiT are resized copies, e.g. the norm_q weights (same size).
     assert torch.equal(model.expert.blocks[1].attn1.norm_q.weight, model.video.blocks[1].attn1.norm_q.weight)
+    # The blocks' modulation tables get the width ratio too (24 -> 16: sqrt(24 / 16)), biases do not.
+    table = resize_tensor(model.video.blocks[0].scale_shift_table, (1, 6, 16), scale_by_width=False)
+    assert torch.allclose(model.expert.blocks[0].scale_shift_table, table * (24 / 16) ** 0.5)
+    bias = resize_tensor(model.video.blocks[0].attn1.to_out[0].bias, (16,), scale_by_width=False)
+    assert torch.allclose(model.expert.blocks[0].attn1.to_out[0].bias, bias)
     random_model = _model(action_init="random")
     assert not torch.equal(
         random_model.expert.blocks[1].attn1.to_q.weight,
@@ -208,10 +212,25 @@ def test_resize_init_interpolates_and_rescales_shrinking_inputs():
     )
 
 
-def test_action_tokens_sit_after_the_video_frames_in_rope():
+def test_the_action_head_is_a_bare_linear_not_taken_from_the_video_head():
+    torch.manual_seed(0)
+    a = FastWAM(preset("tiny")).expert
+    assert not hasattr(a, "norm_out") and not hasattr(a, "scale_shift_table")
+    torch.manual_seed(0)
+    video = FastWAM(preset("tiny")).video
+    # from_video init leaves the head at PyTorch's random init: not a resize of the latent-patch head.
+    assert not torch.allclose(a.proj_out.weight, resize_tensor(video.proj_out.weight, (4, 16), True))
+    x = torch.randn(2, 3, a.dim)
+    assert torch.equal(a.proj_out(x), x @ a.proj_out.weight.T + a.proj_out.bias)
+
+
+def test_action_rope_is_1d_over_the_whole_head_dim_at_positions_0_to_h_minus_1():
     model = _model()
-    cos, _ = model._action_rope("cpu")
-    video_cos, _ = model._video_rope(model.config.num_latent_frames + model.config.action_horizon, 1, 1)
-    n_video = model.config.num_latent_frames
-    # With a 1x1 grid, video token f has temporal position f and row = col = 0: action j == frame n_video + j.
-    assert torch.equal(cos[0, :, 0], video_cos[0, n_video:, 0])
+    cos, sin = model._action_rope("cpu")
+    h, d = model.config.action_horizon, model.config.video.attention_head_dim
+    assert cos.shape == sin.shape == (1, h, 1, d)
+    # Interleaved pairs: angle of pair i at position p is p / 10000^(2i / d).
+    angle = torch.arange(h, dtype=torch.float64)[:, None] / 10000.0 ** (torch.arange(0, d, 2) / d)
+    assert torch.allclose(cos[0, :, 0, 0::2].double(), torch.cos(angle), atol=1e-6)
+    assert torch.allclose(sin[0, :, 0, 1::2].double(), torch.sin(angle), atol=1e-6)
+    assert torch.equal(cos[0, 0, 0], torch.ones(d))  # position 0: no rotation

@@ -255,7 +255,6 @@ class ActionLoop:
         # Constants (rebuilt when a parameter of the expert or the video DiT changes).
         self._const_key: tuple | None = None
         self.mods: torch.Tensor | None = None  # [steps, layers, 6, D] fp32
-        self.head: torch.Tensor | None = None  # [steps, 2, D] fp32 (shift, 1 + scale)
         self.dts: torch.Tensor | None = None  # [steps] fp32
         self.prefix_mods: torch.Tensor | None = None  # [layers, 6, D] fp32 (t = 0)
         self.expert_w: list[tuple[torch.Tensor, ...]] = []
@@ -291,13 +290,10 @@ class ActionLoop:
         model, ex, vm = self.model, self.model.expert, self.model.video
         sig = flow.sigma_grid(self.steps, model.config.sample_shift, device=self.device)
         like = torch.empty(0, device=self.device, dtype=model.dtype)
-        temb, proj = model._time_embed(ex.condition_embedder, sig[: self.steps], like)
+        _, proj = model._time_embed(ex.condition_embedder, sig[: self.steps], like)
         proj = proj.unflatten(1, (6, -1))  # [steps, 6, D]
         # [steps, layers, 6, D] fp32 (eager: table + proj.float())
         self.mods = torch.stack([folded_modulation(b.scale_shift_table, proj) for b in ex.blocks], 1)
-        # Output head, in the model dtype as in FastWAM._action_out (1 + scale rounded there too).
-        shift, scale = (ex.scale_shift_table + temb.unsqueeze(1)).unbind(1)  # [steps, D] each
-        self.head = torch.stack([shift, 1 + scale], dim=1).float().contiguous()
         self.dts = (sig[1:] - sig[:-1]).contiguous()
         # The prefix: every token at t = 0, one modulation per layer.
         _, proj0 = model._time_embed(vm.condition_embedder, torch.zeros(1, device=self.device), like)
@@ -312,8 +308,8 @@ class ActionLoop:
         return True
 
     # -- the static functions (eager on CPU, captured on CUDA) --------------------------------------
-    def _velocity(self, x: torch.Tensor, mods: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """One expert evaluation: x [bb, H, A] fp32, mods [layers, 6, D], head [2, D] (fp32)."""
+    def _velocity(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        """One expert evaluation: x [bb, H, A] fp32, mods [layers, 6, D] fp32."""
         ex = self.model.expert
         cache = self.cache
         h = F.linear(x.to(self.model.dtype), ex.action_in.weight, ex.action_in.bias)
@@ -321,26 +317,22 @@ class ActionLoop:
             ck, cv = cache.expert_kv[layer]
             h = self._layer(h, self.expert_w[layer], mods[layer], cache.k[layer], cache.v[layer],
                             self.n_prefix, ck, cv, self.rope_c, self.rope_s, **self._expert_const)  # fmt: skip
-        shift, scale1 = head.unbind(0)
-        h = F.layer_norm(h.float(), (h.shape[-1],), scale1, shift, ex.norm_out.eps).to(h.dtype)
-        return F.linear(h, ex.proj_out.weight, ex.proj_out.bias).float()
+        return F.linear(h, ex.proj_out.weight, ex.proj_out.bias).float()  # the bare head
 
-    def _step(
-        self, x: torch.Tensor, mods: torch.Tensor, head: torch.Tensor, dt: torch.Tensor
-    ) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, mods: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """One Euler step x [B, H, A] fp32 -> x + dt v (CFG: one batch of 2B, then combined)."""
         if self.guided:
-            vc, vu = self._velocity(torch.cat([x, x]), mods, head).chunk(2)
+            vc, vu = self._velocity(torch.cat([x, x]), mods).chunk(2)
             v = flow.cfg_combine(vc, vu, self.scale)
         else:
-            v = self._velocity(x, mods, head)
+            v = self._velocity(x, mods)
         return x + dt * v
 
     def _loop_static(self) -> None:
         """noise buffer -> out buffer (the whole Euler loop; what the CUDA graph holds)."""
         x = self.noise
         for i in range(self.steps):
-            x = self._step(x, self.mods[i], self.head[i], self.dts[i])
+            x = self._step(x, self.mods[i], self.dts[i])
         self.out.copy_(x)
 
     def _prefix_static(self) -> None:

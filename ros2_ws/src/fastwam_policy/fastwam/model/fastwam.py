@@ -5,11 +5,10 @@ whose submodules are driven by ``fastwam.model.mot``), the action expert (``self
 optional state token projection (``self.state_proj``: Linear state_dim -> text_dim, one extra
 context token appended to the instruction embedding; both branches see it through cross-attention).
 
-Positions (RoPE): video tokens use Wan's 3-D (frame, row, column) positions. Action token j uses
-the temporal position ``num_latent_frames + j`` (right after the last video frame of a training
-chunk) with row = column = 0, in the same frequency tables; the offset is a config constant, so
-actions have identical positions in training (future frames present) and in Fast-WAM inference
-(first frame only).
+Positions (RoPE): video tokens use Wan's 3-D (frame, row, column) positions; action token j uses
+a 1-D RoPE over the whole head dim at position j (``action_expert.action_rope``, as the authors'
+code), so actions have identical positions in training (future frames present) and in Fast-WAM
+inference (first frame only). The action head is a bare Linear (no norm or modulation).
 
 Inference (``infer``):
 
@@ -45,7 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastwam.config import FastWAMConfig
 from fastwam.model import flow
-from fastwam.model.action_expert import ActionExpert, init_expert_from_video
+from fastwam.model.action_expert import ActionExpert, action_rope, init_expert_from_video
 from fastwam.model.action_loop import ActionLoop, check_compile_mode
 from fastwam.model.masks import build_mask
 from fastwam.model.mot import Stream, cross_kv, post_attention, pre_attention, prefix_kv, shared_layer
@@ -195,25 +194,10 @@ class FastWAM(nn.Module):
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def _action_rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        rope = self.video.rope
-        pos = (
-            torch.arange(self.config.action_horizon, device=rope.freqs_cos.device)
-            + self.config.num_latent_frames
-        )
-        sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
-        out = []
-        for table in (rope.freqs_cos, rope.freqs_sin):
-            t_part, h_part, w_part = table.split(sizes, dim=1)
-            n = pos.numel()
-            f = torch.cat([t_part[pos], h_part[:1].expand(n, -1), w_part[:1].expand(n, -1)], dim=1)
-            out.append(f.view(1, n, 1, -1).to(device))
-        return out[0], out[1]
+        return action_rope(self.config.action_horizon, self.config.video.attention_head_dim, device)
 
-    def _action_out(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        ex = self.expert
-        shift, scale = (ex.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = (ex.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        return ex.proj_out(x).float()
+    def _action_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expert.proj_out(x).float()
 
     def _grid(self, latents: torch.Tensor) -> tuple[int, int]:
         _, p_h, p_w = self.video.config.patch_size
@@ -237,10 +221,10 @@ class FastWAM(nn.Module):
         Returns (video velocity [B, C, F, h, w], action velocity [B, H, A] or None).
         """
         xv, temb_v, proj_v, _ = self._video_embed(video_latents, t_frames)
-        xa = temb_a = proj_a = rope_a = None
+        xa = proj_a = rope_a = None
         if actions is not None:
             xa = self.expert.action_in(actions.to(self.dtype))
-            temb_a, proj_a = self._time_embed(self.expert.condition_embedder, t_actions, xa)
+            _, proj_a = self._time_embed(self.expert.condition_embedder, t_actions, xa)
             proj_a = proj_a.unflatten(1, (6, -1))
             rope_a = self._action_rope(xa.device)
         for layer, (vb, ab) in enumerate(self._layer_pairs()):
@@ -257,7 +241,7 @@ class FastWAM(nn.Module):
             xa = new[1] if xa is not None else None
         f = video_latents.shape[2]
         video_v = self._video_out(xv, temb_v, (f, *self._grid(video_latents)))
-        action_v = self._action_out(xa, temb_a) if xa is not None else None
+        action_v = self._action_out(xa) if xa is not None else None
         return video_v, action_v
 
     # -- training ----------------------------------------------------------------------------------
@@ -465,7 +449,7 @@ class FastWAM(nn.Module):
         Static shapes, no data-dependent control flow: capturable with CUDA graphs."""
         ex = self.expert
         h = ex.action_in(x.to(self.dtype))
-        temb, proj = self._time_embed(ex.condition_embedder, t, h)
+        _, proj = self._time_embed(ex.condition_embedder, t, h)
         proj = proj.unflatten(1, (6, -1))
         n0 = cache.n_prefix
         for layer, ab in enumerate(ex.blocks):
@@ -475,7 +459,7 @@ class FastWAM(nn.Module):
             cache.v[layer][:, :, n0:].copy_(v)
             o = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer])
             h = post_attention(ab, s, o, q, mods)
-        return self._action_out(h, temb)
+        return self._action_out(h)
 
     def _guided(self, fn: Callable, x: torch.Tensor, scale: float) -> torch.Tensor:
         """fn(x_batch) on [x; x] (cond; uncond) when scale != 1, combined with CFG."""

@@ -15,14 +15,13 @@ variant        first      future              cond             action
 =============  =========  ==================  ===============  ======================
 fast_wam       first      first, future       -                first, action
 no_cotrain     first      (not computed)      -                first, action
-joint          first      first, future,      -                first, future, action
-                          action
+joint          first      first, future       -                first, future, action
 idm            first      first, future       first, cond      first, cond, action
 =============  =========  ==================  ===============  ======================
 
-Joint lets video and action tokens attend to each other both ways (the paper: "allowing attention
-between video and action tokens"); in all variants the clean first frame sees only itself, which is
-what makes its per-layer K/V cacheable.
+Joint lets the actions attend to the whole video (future frames included) while video never
+attends to actions, as in the authors' code (their joint mask); in all variants the clean first
+frame sees only itself, which is what makes its per-layer K/V cacheable.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ MASK_RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "no_cotrain": {"first": ("first",), "future": ("first", "future"), "action": ("first", "action")},
     "joint": {
         "first": ("first",),
-        "future": ("first", "future", "action"),
+        "future": ("first", "future"),
         "action": ("first", "future", "action"),
     },
     "idm": {
