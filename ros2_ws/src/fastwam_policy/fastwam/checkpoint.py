@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastwam.camera import CameraLayout
@@ -44,7 +45,12 @@ from fastwam.normalize import NormalizationStats, Normalizer
 from fastwam.robot import RobotSpec
 
 FORMAT = "fastwam-checkpoint"
-FORMAT_VERSION = 1
+# 2: the authors' action expert (1-D action RoPE at positions 0..H-1, bare Linear action head, joint
+# mask without video -> action attention). A version-1 checkpoint was trained with the earlier
+# expert (3-D Wan RoPE positions after the video frames, a modulated output head with
+# expert.norm_out / expert.scale_shift_table): its weights would load into neither architecture
+# without silently changing what it computes, so it is refused (see _refuse_old_version).
+FORMAT_VERSION = 2
 CONFIG_FILE = "checkpoint.json"
 WEIGHTS_FILE = "model.safetensors"
 COMPONENTS_DIR = "components"
@@ -179,6 +185,15 @@ def read_checkpoint_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"checkpoint {cfg_file}: invalid JSON: {error}") from error
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint {cfg_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") == 1:
+        raise ValueError(
+            f"checkpoint {path} has format_version 1: it was trained with the action expert used before "
+            "this project matched the authors' Fast-WAM (3-D action RoPE positions, a modulated action "
+            "head), and this version computes the authors' model, so loading it would change what it "
+            "predicts. Train it again with this version (the simulation experiment: "
+            "scripts/sim_experiment.sh --force; scripts/run.sh rebuilds its default checkpoint), or run "
+            "it with the release that wrote it."
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {cfg_file}: unsupported format_version {meta.get('format_version')!r}")
     missing, unknown = sorted(_JSON_FIELDS - set(meta)), sorted(set(meta) - _JSON_FIELDS)
@@ -207,7 +222,10 @@ def load_model_weights(model: FastWAM, weights: str | os.PathLike[str], device, 
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"missing weights file {weights}")
-    state = load_file(str(weights), device=str(device))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except SafetensorError as error:  # truncated or corrupt: safetensors' message names no file
+        raise ValueError(f"{weights}: not a readable safetensors file ({error})") from error
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))

@@ -147,6 +147,26 @@ def test_missing_files_and_bad_json_are_named(ckpt, tmp_path):
         load_checkpoint(bad)
 
 
+def test_a_format_1_checkpoint_is_refused_saying_why_and_what_to_do(ckpt, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(ckpt, old)
+    meta = read_checkpoint_json(ckpt)
+    (old / CONFIG_FILE).write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ValueError, match="format_version 1") as error:
+        load_checkpoint(old)
+    message = str(error.value)
+    assert str(old) in message and "authors' Fast-WAM" in message and "sim_experiment.sh --force" in message
+
+
+def test_a_truncated_weights_file_is_an_error_naming_it(ckpt, tmp_path):
+    bad = tmp_path / "truncated"
+    shutil.copytree(ckpt, bad)
+    data = (bad / WEIGHTS_FILE).read_bytes()
+    (bad / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{bad / WEIGHTS_FILE}: not a readable safetensors file"):
+        load_checkpoint(bad)
+
+
 def test_referenced_components_and_override(tmp_path):
     robot = _robot()
     cfg = preset("tiny", action_dim=robot.action_dim, state_dim=robot.state_dim)
