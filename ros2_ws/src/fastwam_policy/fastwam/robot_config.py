@@ -132,6 +132,19 @@ def load_robot_config(path: str | os.PathLike[str]) -> RobotConfig:
     return RobotConfig.from_dict(_load_yaml(path, ()), source=str(path))
 
 
+def load_robot_and_cameras(path: str | os.PathLike[str]) -> tuple[RobotSpec, CameraLayout]:
+    """Only the ``robot`` and ``cameras`` sections of a YAML file: a robot config, or a training
+    experiment config (``training/configs/*.yaml`` hold the same two sections); the rest is not read."""
+    path = Path(path)
+    data = _load_yaml(path, ())
+    missing = sorted({"robot", "cameras"} - set(data))
+    if missing:
+        raise ValueError(
+            f"{path}: no {' or '.join(missing)} section (a robot config or a training config has both)"
+        )
+    return RobotSpec.from_dict(data["robot"]), CameraLayout.from_dict(data["cameras"])
+
+
 def _load_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         via = f" (extended by {chain[-1]})" if chain else ""
