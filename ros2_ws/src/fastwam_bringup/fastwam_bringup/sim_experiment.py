@@ -5,7 +5,9 @@
 Stages, each idempotent (skipped when its outputs exist for the same settings; --force redoes all):
     record   N scripted demonstrations through the recorder node in the simulated R1 Lite (at
              --record-time-scale x real time: the same frames and stamps as a real-time recording),
-             seeds --train-seed .. + N - 1                                         -> <out>/bags
+             seeds --train-seed .. + N - 1; a demo that fails, goes unrecorded or that the
+             converter would reject is kept (not used) and the next seed recorded in its place,
+             up to --extra-demos more                                              -> <out>/bags
     convert  bags -> LeRobot v2.1 dataset (fastwam.data.bag, cameras resized to the layout)
                                                                                   -> <out>/dataset
     train    per --variants: python -m fastwam_training.train --config <train-config> (subprocesses;
@@ -85,6 +87,7 @@ class Settings:
     train_config: Path
     demos: int = 60
     train_seed: int = 0
+    extra_demos: int | None = None  # seeds recorded in place of unusable demos; None: max(2, demos // 10)
     variants: tuple[str, ...] = ("fast_wam", "no_cotrain")
     steps: int | None = None  # train.max_steps override
     train_overrides: tuple[str, ...] = ()
@@ -109,6 +112,8 @@ class Settings:
             )
         if self.demos < 1:
             raise ValueError(f"--demos must be at least 1, got {self.demos}")
+        if self.extra_demos is not None and self.extra_demos < 0:
+            raise ValueError(f"--extra-demos must be >= 0, got {self.extra_demos}")
         if self.eval_episodes < 0:
             raise ValueError(f"--eval-episodes must be >= 0, got {self.eval_episodes}")
         if not self.record_time_scale > 0:
@@ -123,7 +128,7 @@ class Settings:
         for item in self.train_overrides:
             if "=" not in item:
                 raise ValueError(f"--train-override {item!r} must look like section.key=value")
-        train = range(self.train_seed, self.train_seed + self.demos)
+        train = range(self.train_seed, self.train_seed + self.demos + self.max_extra_demos)
         held_out = range(self.eval_seed, self.eval_seed + self.eval_episodes)
         overlap = sorted(set(train) & set(held_out))
         if overlap:
@@ -131,6 +136,10 @@ class Settings:
                 f"evaluation seeds {held_out.start}..{held_out.stop - 1} overlap the training seeds "
                 f"{train.start}..{train.stop - 1} (e.g. {overlap[0]}): choose another --eval-seed"
             )
+
+    @property
+    def max_extra_demos(self) -> int:
+        return max(2, self.demos // 10) if self.extra_demos is None else self.extra_demos
 
     @property
     def train_seeds(self) -> list[int]:
@@ -239,6 +248,9 @@ def stage_record(s: Settings) -> dict[str, Any]:
     for stale in (bags, s.out / "dataset", s.out / "cache"):
         shutil.rmtree(stale, ignore_errors=True)
     started = time.monotonic()
+    config = load_robot_config(s.robot_config)
+    episodes: list[dict[str, Any]] = []
+    seed, last_seed = s.train_seed, s.train_seed + s.demos + s.max_extra_demos - 1
     with RecordingFollower(s), tqdm(total=s.demos, desc="record", unit="demo") as bar:
         successes = 0
 
@@ -248,28 +260,59 @@ def stage_record(s: Settings) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix(success=f"{successes}/{bar.n}")
 
-        results = record_scripted_episodes(
-            s.robot_config,
-            bags,
-            seed=s.train_seed,
-            episodes=s.demos,
-            instruction=s.instruction,
-            image_size=s.image_size,
-            on_episode=on_episode,
-            time_scale=s.record_time_scale,
-        )
-    episodes = [
-        {"seed": r.seed, "success": r.success, "recorded": r.recorded, "first_success_s": r.first_success_s}
-        for r in results
-    ]
-    failed = [e["seed"] for e in episodes if not (e["success"] and e["recorded"])]
-    if failed:
-        print(f"warning: scripted demos of seeds {failed} did not succeed or were not recorded; not used")
-    if len(failed) == len(episodes):
-        raise RuntimeError(f"no scripted demo was recorded successfully into {bags}")
+        while (usable := sum(e["used"] for e in episodes)) < s.demos:
+            count = s.demos - usable
+            if seed + count - 1 > last_seed:
+                unused = "; ".join(f"seed {e['seed']}: {e['reason']}" for e in episodes if not e["used"])
+                raise RuntimeError(
+                    f"only {usable} of {s.demos} demos usable after recording seeds {s.train_seed}..{seed - 1} "
+                    f"(--extra-demos {s.max_extra_demos}) into {bags}: {unused}"
+                )
+            if episodes:
+                bar.total += count
+                bar.refresh()
+            results = record_scripted_episodes(
+                s.robot_config,
+                bags,
+                seed=seed,
+                episodes=count,
+                instruction=s.instruction,
+                image_size=s.image_size,
+                on_episode=on_episode,
+                time_scale=s.record_time_scale,
+            )
+            seed += count
+            for r in results:
+                reason = _unusable(r, bags, config)
+                episodes.append(
+                    {
+                        "seed": r.seed,
+                        "success": r.success,
+                        "recorded": r.recorded,
+                        "first_success_s": r.first_success_s,
+                        "used": not reason,
+                        **({"reason": reason} if reason else {}),
+                    }
+                )
+                if reason:
+                    tqdm.write(
+                        f"  demo of seed {r.seed} not used ({reason}); recording another seed in its place"
+                    )
     seconds = time.monotonic() - started
     s.stage_status["record"] = "ran"
     return _mark_finished(s.out, "record", settings, seconds, episodes=episodes)
+
+
+def _unusable(result, bags: Path, config) -> str:
+    """Why a recorded scripted demo cannot train (no success, not recorded, or the converter's
+    rejection of its bag), or "" when it can. The bag is kept either way."""
+    from fastwam.data.bag import check_bag
+
+    if not result.recorded:
+        return "not recorded"
+    if not result.success:
+        return "no success"
+    return check_bag(bags / result.recorded, config)
 
 
 class RecordingFollower:
@@ -367,7 +410,7 @@ def _follow_recording(
 
 
 def _log_conversion(line: str) -> None:
-    if not (line.startswith("skip ") and ": already in " in line):  # the follower's: counted above
+    if not (line.startswith("skipped ") and ": already in " in line):  # the follower's: counted above
         tqdm.write(f"  {line}")
 
 
@@ -396,7 +439,9 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
         print(f"{early} episodes converted while recording")
     config = load_robot_config(s.robot_config)
     bags = find_bags([s.out / "bags"])
+    verdicts: list[dict[str, Any]] = []
     for bag in tqdm(bags, desc="convert", unit="episode"):
+        # A rejected bag is reported (printed, <dataset>/meta/fastwam_conversion.jsonl) and left out.
         convert_bags(
             [bag],
             dataset,
@@ -405,9 +450,15 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
             resize_to_layout=True,
             update_stats=False,
             log=_log_conversion,
+            verdicts=verdicts,
         )
+    if not (dataset / "meta" / "info.json").is_file():
+        raise RuntimeError(f"no demo in {s.out / 'bags'} could be converted (verdicts: {dataset}/meta)")
     update_dataset_stats(dataset, config)
     data = LeRobotDataset(dataset)
+    rejected = {Path(v["bag"]).name: v["reason"] for v in verdicts if v["verdict"] == "rejected"}
+    if len(data.episode_indices) < s.demos:
+        tqdm.write(f"warning: {len(data.episode_indices)} of {s.demos} demos converted; rejected: {rejected}")
     s.stage_status["convert"] = "ran"
     return _mark_finished(
         s.out,
@@ -417,6 +468,7 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
         episodes=len(data.episode_indices),
         frames=data.total_frames,
         converted_during_recording=early,
+        rejected=rejected,
     )
 
 
@@ -881,6 +933,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--demos", type=int, default=60, help="scripted demonstrations to record")
     parser.add_argument("--train-seed", type=int, default=0, help="first demo seed (towel start pose)")
     parser.add_argument(
+        "--extra-demos",
+        type=int,
+        help="seeds recorded in place of failed or rejected demos, at most (default: max(2, demos / 10))",
+    )
+    parser.add_argument(
         "--variants", nargs="+", default=["fast_wam", "no_cotrain"], choices=VARIANTS, help="models to train"
     )
     parser.add_argument("--steps", type=int, help="train.max_steps for every variant (default: the config's)")
@@ -916,6 +973,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         train_config=Path(args.train_config),
         demos=args.demos,
         train_seed=args.train_seed,
+        extra_demos=args.extra_demos,
         variants=tuple(args.variants),
         steps=args.steps,
         train_overrides=tuple(args.train_override),
