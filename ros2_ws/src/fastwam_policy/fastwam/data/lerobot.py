@@ -1,13 +1,31 @@
-"""LeRobot datasets as plain files: read v2.1 and v3.0, write v2.1.
+"""LeRobot datasets as plain files: read v2.1 and v3.0, write both (v3.0 by default).
 
-v2.1: one parquet and one mp4 per camera per episode,
+v2.1 (LeRobot 0.3.x): one parquet and one mp4 per camera per episode,
     data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet
     videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4
     meta/info.json, meta/episodes.jsonl, meta/tasks.jsonl, meta/episodes_stats.jsonl
-v3.0: many episodes per file, located through meta/episodes/chunk-*/file-*.parquet,
+v3.0 (LeRobot 0.4.x): many episodes per file, files rolled over at a size limit, 1000 files a chunk,
     data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet
     videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4
-    meta/info.json, meta/tasks.parquet (task strings as the index, column task_index)
+    meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet (where each episode lives,
+        its length, tasks and statistics), meta/tasks.parquet (task strings as the pandas index,
+        column task_index), meta/info.json, meta/stats.json
+    (lerobot src/lerobot/datasets/utils.py at commit 00448aa: DEFAULT_CHUNK_SIZE,
+    DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_VIDEO_FILE_SIZE_IN_MB, CHUNK_FILE_PATTERN and the path
+    templates, lines 49-66; create_empty_dataset_info for info.json's fields.)
+
+Writers commit an episode atomically: every file is first written under a hidden temporary name
+(".<name>.tmp", which no LeRobot glob matches), then a journal listing the renames is written, the
+renames are done with meta/info.json last, and the journal is removed. A writer killed before the
+journal leaves only temporary files (removed when a writer next opens the dataset); killed during
+the renames, the readers still see the previous episodes (they trust info.json's total_episodes and
+ignore rows of later episodes) and the next writer finishes the renames from the journal.
+
+Per-frame source times (`timestamps` given to add_episode) are kept in a sidecar,
+meta/fastwam_source_timestamps/<data file path>, not as a frame feature: a feature LeRobot's
+recorder does not produce stops LeRobot from appending to the dataset (its add_frame checks every
+frame against the declared features). Datasets that already declare a `source_timestamp` feature
+keep writing it as a column.
 
 Which features are cameras, state and action is the experiment's business (windows.py); this module
 only reads what is there and fails loudly, naming episode and file, when something is wrong.
@@ -27,14 +45,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fastwam.data.video import VIDEO_CODECS, VideoError, decode_frames, encode_video
+from fastwam.data.lerobot_stats import (
+    aggregate_stats,
+    image_stats,
+    stats_from_lists,
+    stats_to_lists,
+    vector_stats,
+)
+from fastwam.data.video import VIDEO_CODECS, VideoError, concat_videos, decode_frames, encode_video
 
 V21 = "v2.1"
 V30 = "v3.0"
-DEFAULT_CHUNKS_SIZE = 1000
+DEFAULT_VERSION = V30
+DEFAULT_CHUNKS_SIZE = 1000  # files per chunk directory (utils.py DEFAULT_CHUNK_SIZE)
+DEFAULT_DATA_FILE_SIZE_IN_MB = 100  # utils.py DEFAULT_DATA_FILE_SIZE_IN_MB
+DEFAULT_VIDEO_FILE_SIZE_IN_MB = 500  # utils.py DEFAULT_VIDEO_FILE_SIZE_IN_MB (v3.0 / lerobot 0.4)
 V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-# Columns every LeRobot frame carries besides the features proper.
+V30_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V30_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+V30_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+SOURCE_TIMES_DIR = "meta/fastwam_source_timestamps"
+SOURCE_TIMESTAMP = "source_timestamp"
+JOURNAL = "meta/.fastwam_commit.json"
+# Columns every LeRobot frame carries besides the features proper (utils.py DEFAULT_FEATURES).
 INDEX_FEATURES: dict[str, dict[str, Any]] = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -46,6 +80,23 @@ INDEX_FEATURES: dict[str, dict[str, Any]] = {
 
 class DatasetError(ValueError):
     """Bad or inconsistent dataset content. The message names the episode and file."""
+
+
+def integer_fps(value: Any, what: str = "fps") -> int:
+    """A frame rate as LeRobot stores it: a positive whole number (15 or 15.0, never 29.97).
+
+    LeRobot's info.json and video encoder take an int fps; a fractional rate would be truncated
+    silently, so it is refused here, naming where it came from."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not np.isfinite(number) or number <= 0 or not number.is_integer():
+        raise ValueError(
+            f"{what}: {value!r} is not a whole number of frames per second; LeRobot datasets store "
+            "an integer fps (record or resample at an integer rate, e.g. 15)"
+        )
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -85,7 +136,10 @@ class LeRobotDataset:
             if key not in self.info:
                 raise DatasetError(f"{info_path}: missing field {key!r}")
         self.version = str(self.info["codebase_version"])
-        self.fps = float(self.info["fps"])
+        try:
+            self.fps = integer_fps(self.info["fps"], f"{info_path}: fps")
+        except ValueError as error:
+            raise DatasetError(str(error)) from error
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self.robot_type = self.info.get("robot_type")
         self._last_table: tuple[tuple[Path, tuple[str, ...]], pa.Table] | None = None
@@ -142,11 +196,16 @@ class LeRobotDataset:
 
     # -- episode data -----------------------------------------------------------------------
     def read_episode(self, index: int, keys: Sequence[str]) -> EpisodeData:
-        """Load the vector features `keys` of one episode, checking rows, shapes and finiteness."""
+        """Load the vector features `keys` of one episode, checking rows, shapes and finiteness.
+
+        `source_timestamp` may be asked for whether or not it is a feature (from the column, or
+        else from the source-time sidecar our writers keep); it comes as float64 seconds [T, 1]."""
         record = self.episode(index)
         where = f"episode {index} ({record.data_file})"
         if not record.data_file.is_file():
             raise DatasetError(f"{where}: data file missing")
+        sources = SOURCE_TIMESTAMP in keys  # float64 (seconds since the epoch need it), see below
+        keys = [k for k in keys if k != SOURCE_TIMESTAMP]
         for key in keys:
             self.feature(key)
         wanted = ["timestamp", "frame_index", "episode_index", "task_index", *keys]
@@ -157,15 +216,7 @@ class LeRobotDataset:
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise DatasetError(f"{where}: missing columns {missing} (file has {schema.names})")
-        cache_key = (record.data_file, tuple(wanted))
-        if self._last_table is not None and self._last_table[0] == cache_key:
-            table = self._last_table[1]  # v3.0: consecutive episodes share a file; read it once
-        else:
-            try:
-                table = pq.read_table(record.data_file, columns=wanted)
-            except (pa.ArrowException, OSError) as error:
-                raise DatasetError(f"{where}: unreadable parquet: {error}") from error
-            self._last_table = (cache_key, table)
+        table = self._read_table(record.data_file, wanted, where)
         if self.version == V30:
             table = table.filter(pc.equal(table["episode_index"], index))
         elif len(table) and not pc.all(pc.equal(table["episode_index"], index)).as_py():
@@ -195,11 +246,33 @@ class LeRobotDataset:
                     f"{where}: column {key!r} has {int(bad.sum())} non-finite values (first at frame {row}, dim {col})"
                 )
             columns[key] = values
+        if sources:
+            columns[SOURCE_TIMESTAMP] = self.source_timestamps(index)[:, None]
         task_index = _scalar_column(table, "task_index", where).astype(np.int64)
         unknown = sorted(set(task_index.tolist()) - set(self.tasks))
         if unknown:
             raise DatasetError(f"{where}: task_index {unknown} not in the dataset's task list")
         return EpisodeData(index, record.length, timestamps, task_index, columns)
+
+    def source_timestamps(self, index: int) -> np.ndarray:
+        """Source times (float64 [T], seconds) of episode `index`'s frames, as given to the writer."""
+        record = self.episode(index)
+        if SOURCE_TIMESTAMP in self.features:
+            table = self._read_table(
+                record.data_file, ["episode_index", SOURCE_TIMESTAMP], str(record.data_file)
+            )
+        else:
+            path = _source_times_path(self.root, record.data_file)
+            if not path.is_file():
+                raise DatasetError(f"episode {index}: no source timestamps ({path} missing)")
+            table = self._read_table(path, ["episode_index", SOURCE_TIMESTAMP], str(path))
+        table = table.filter(pc.equal(table["episode_index"], index))
+        values = _scalar_column(table, SOURCE_TIMESTAMP, f"episode {index}").astype(np.float64)
+        if len(values) != record.length:
+            raise DatasetError(
+                f"episode {index}: {len(values)} source timestamps but the episode has {record.length} frames"
+            )
+        return values
 
     def read_frames(self, index: int, video_key: str, timestamps: Sequence[float]) -> np.ndarray:
         """Decode camera `video_key` of episode `index` at episode timestamps -> uint8 [N, H, W, 3]."""
@@ -238,6 +311,17 @@ class LeRobotDataset:
                         + (f" starting at frame {needed - record.length}" if offset else "")
                     )
 
+    def _read_table(self, path: Path, columns: list[str], where: str) -> pa.Table:
+        cache_key = (path, tuple(columns))
+        if self._last_table is not None and self._last_table[0] == cache_key:
+            return self._last_table[1]  # v3.0: consecutive episodes share a file; read it once
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as error:
+            raise DatasetError(f"{where}: unreadable parquet: {error}") from error
+        self._last_table = (cache_key, table)
+        return table
+
     # -- v2.1 / v3.0 metadata readers -------------------------------------------------------
     def _read_v21_meta(self) -> tuple[dict[int, str], dict[int, EpisodeRecord]]:
         meta = self.root / "meta"
@@ -269,20 +353,7 @@ class LeRobotDataset:
 
     def _read_v30_meta(self) -> tuple[dict[int, str], dict[int, EpisodeRecord]]:
         meta = self.root / "meta"
-        tasks_path = meta / "tasks.parquet"
-        if not tasks_path.is_file():
-            raise DatasetError(f"{tasks_path}: missing")
-        table = pq.read_table(tasks_path)
-        # pandas writes the task strings as the index: a column named "task" or "__index_level_0__".
-        text_columns = [n for n in table.column_names if pa.types.is_string(table.schema.field(n).type)]
-        if "task_index" not in table.column_names or len(text_columns) != 1:
-            raise DatasetError(
-                f"{tasks_path}: expected task strings and a task_index column, got {table.schema}"
-            )
-        tasks = {
-            int(i): str(t)
-            for i, t in zip(table["task_index"].to_pylist(), table[text_columns[0]].to_pylist(), strict=True)
-        }
+        tasks = read_v30_tasks(meta / "tasks.parquet")
         files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise DatasetError(f"{meta / 'episodes'}: no episode metadata files")
@@ -290,9 +361,16 @@ class LeRobotDataset:
         video_path = self.info.get("video_path")
         if not data_path or (self.video_keys and not video_path):
             raise DatasetError(f"{meta / 'info.json'}: missing data_path/video_path")
+        total = int(self.info.get("total_episodes", -1))
         episodes = {}
         for path in files:
-            rows = pq.read_table(path).to_pylist()
+            try:
+                # Only the location columns: the stats/* columns are many and not needed here.
+                names = pq.read_schema(path).names
+                wanted = [n for n in names if not n.startswith("stats/")]
+                rows = pq.read_table(path, columns=wanted).to_pylist()
+            except (pa.ArrowException, OSError) as error:
+                raise DatasetError(f"{path}: unreadable parquet: {error}") from error
             for row in rows:
                 needed = ["episode_index", "length", "data/chunk_index", "data/file_index"]
                 for key in self.video_keys:
@@ -305,6 +383,10 @@ class LeRobotDataset:
                 if missing:
                     raise DatasetError(f"{path}: episode {row.get('episode_index')} lacks {missing}")
                 index = int(row["episode_index"])
+                if 0 <= total <= index:
+                    continue  # written by a writer that stopped before committing info.json
+                if index in episodes:
+                    raise DatasetError(f"{path}: episode {index} listed twice in meta/episodes")
                 episodes[index] = EpisodeRecord(
                     index=index,
                     length=int(row["length"]),
@@ -329,18 +411,85 @@ class LeRobotDataset:
         return tasks, episodes
 
 
-class LeRobotV21Writer:
-    """Append episodes to a LeRobot v2.1 dataset, creating it if `root` has none.
+def read_v30_tasks(path: Path) -> dict[int, str]:
+    """meta/tasks.parquet -> {task_index: task}.
 
-    Every file is written to a temporary name and renamed into place, data and videos first and
-    meta/info.json last: info.json's total_episodes is the commit point, so a crash mid-episode
-    leaves the earlier episodes intact (reopening drops the half-written episode's metadata lines).
-    """
+    LeRobot writes the tasks DataFrame (index: task strings, column task_index) with pandas'
+    to_parquet (utils.py write_tasks; lerobot_dataset.py save_episode_tasks builds the frame), so
+    the text lands in the index column "__index_level_0__" (or "task" if the index was named),
+    as string (pandas 2) or large_string (pandas 3) or string_view; the schema's pandas metadata
+    names the index column."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(f"{path}: unreadable parquet: {error}") from error
+    texts = [n for n in table.column_names if n != "task_index" and _is_text(table.schema.field(n).type)]
+    pandas_meta = (table.schema.metadata or {}).get(b"pandas")
+    if pandas_meta:
+        index_columns = [c for c in json.loads(pandas_meta).get("index_columns", []) if isinstance(c, str)]
+        texts = [n for n in texts if n in index_columns] or texts
+    if len(texts) > 1:
+        texts = [n for n in texts if n in ("task", "__index_level_0__")]
+    if "task_index" not in table.column_names or len(texts) != 1:
+        raise DatasetError(
+            f"{path}: expected one column of task strings and a task_index column, got {table.schema}"
+        )
+    indices = table["task_index"].to_pylist()
+    strings = table[texts[0]].to_pylist()
+    if any(i is None for i in indices) or any(t is None for t in strings):
+        raise DatasetError(f"{path}: missing task strings or task indices")
+    tasks = {int(i): str(t) for i, t in zip(indices, strings, strict=True)}
+    if len(tasks) != len(indices):
+        raise DatasetError(f"{path}: repeated task_index values {sorted(indices)}")
+    return tasks
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    is_view = getattr(pa.types, "is_string_view", lambda _t: False)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)
+
+
+def _source_times_path(root: Path, data_file: Path) -> Path:
+    return root / SOURCE_TIMES_DIR / data_file.relative_to(root)
+
+
+def open_writer(
+    root: str | os.PathLike[str],
+    fps: int,
+    robot_type: str,
+    camera_keys: Sequence[str],
+    state_names: Sequence[str],
+    action_names: Sequence[str],
+    version: str | None = None,
+    **options: Any,
+) -> LeRobotV21Writer | LeRobotV30Writer:
+    """A writer appending to the dataset at `root`, creating it (as `version`, v3.0 by default).
+
+    An existing dataset keeps its version: asking for another one is an error (convert it with
+    LeRobot's converter, lerobot/datasets/v30/convert_dataset_v21_to_v30.py, instead)."""
+    info_path = Path(root) / "meta" / "info.json"
+    existing = _read_json(info_path).get("codebase_version") if info_path.is_file() else None
+    if version is not None and version not in (V21, V30):
+        raise ValueError(f"dataset format {version!r}: choose {V30} (default) or {V21}")
+    if existing is not None and version is not None and existing != version:
+        raise DatasetError(f"{info_path}: the dataset is {existing}; cannot append {version} episodes to it")
+    chosen = existing or version or DEFAULT_VERSION
+    cls = LeRobotV21Writer if chosen == V21 else LeRobotV30Writer
+    return cls(root, fps, robot_type, camera_keys, state_names, action_names, **options)
+
+
+class _EpisodeWriter:
+    """What both formats' writers share: checks, frame columns, statistics, the atomic commit."""
+
+    version = ""
+    quantile_stats = False
 
     def __init__(
         self,
         root: str | os.PathLike[str],
-        fps: float,
+        fps: int,
         robot_type: str,
         camera_keys: Sequence[str],
         state_names: Sequence[str],
@@ -354,8 +503,10 @@ class LeRobotV21Writer:
             raise ValueError(f"unknown video codec {video_codec!r}; choose one of {sorted(VIDEO_CODECS)}")
         if not camera_keys or len(set(camera_keys)) != len(camera_keys):
             raise ValueError(f"camera_keys must be non-empty and unique, got {list(camera_keys)}")
+        if int(chunks_size) < 1:
+            raise ValueError(f"chunks_size must be positive, got {chunks_size}")
         self.root = Path(root)
-        self.fps = float(fps)
+        self.fps = integer_fps(fps, "writer fps")
         self.robot_type = robot_type
         self.camera_keys = tuple(camera_keys)
         self.state_names = tuple(state_names)
@@ -365,13 +516,14 @@ class LeRobotV21Writer:
         self.action_key = action_key
         self.chunks_size = int(chunks_size)
         self._meta = self.root / "meta"
+        recover_interrupted_write(self.root)
+        self.tasks: dict[str, int] = {}
         if (self._meta / "info.json").is_file():
+            self.info = _read_json(self._meta / "info.json")
+            self._check_existing()
             self._open_existing()
         else:
             self.info = self._new_info()
-            self.tasks: dict[str, int] = {}
-            self._episodes: list[dict[str, Any]] = []
-            self._stats: list[dict[str, Any]] = []
 
     @property
     def num_episodes(self) -> int:
@@ -386,76 +538,49 @@ class LeRobotV21Writer:
         task: str,
         extra: Mapping[str, np.ndarray] | None = None,
     ) -> int:
-        """Write one episode; returns its episode index.
+        """Write one episode and commit it; returns its episode index.
 
         frames: camera key -> uint8 RGB [T, H, W, 3]; state [T, S]; action [T, A]; timestamps [T]
-        source times in seconds (strictly increasing; kept in the `source_timestamp` column, while
-        `timestamp` is the video clock i / fps as LeRobot requires); extra: more per-frame columns,
-        name -> [T] or [T, D] numbers, written as float32 features (declared on first use).
+        source times in seconds (strictly increasing; kept in the source-time sidecar, while the
+        frames' `timestamp` is the video clock i / fps as LeRobot requires); extra: more per-frame
+        columns, name -> [T] or [T, D] numbers, written as float32 features (declared on first use).
         """
         index = self.num_episodes
         length, state, action, timestamps, columns = self._check_episode(
             index, frames, state, action, timestamps, extra
         )
-        if not task:
+        if not task or not isinstance(task, str):
             raise ValueError(f"episode {index}: task must be a non-empty string")
-        if task not in self.tasks:
-            self.tasks[task] = len(self.tasks)
-        chunk = index // self.chunks_size
-        first_frame = int(self.info["total_frames"])
-
-        # 1. videos and parquet (temp + rename each)
         for key in self.camera_keys:
-            clip = frames[key]
-            self._declare_video(key, clip.shape[1], clip.shape[2])
-            path = self.root / V21_VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=index)
-            encode_video(path, clip, self.fps, self.video_codec)
-        frame_times = np.arange(length, dtype=np.float32) / np.float32(self.fps)
-        table_columns: dict[str, pa.Array] = {
-            self.state_key: _list_array(state),
-            self.action_key: _list_array(action),
-            "source_timestamp": pa.array(timestamps, pa.float64()),
-            **{name: _list_array(values) for name, values in columns.items()},
-            "timestamp": pa.array(frame_times, pa.float32()),
-            "frame_index": pa.array(np.arange(length), pa.int64()),
-            "episode_index": pa.array(np.full(length, index), pa.int64()),
-            "index": pa.array(np.arange(first_frame, first_frame + length), pa.int64()),
-            "task_index": pa.array(np.full(length, self.tasks[task]), pa.int64()),
-        }
+            self._declare_video(key, frames[key].shape[1], frames[key].shape[2])
         for name, values in columns.items():
             self._declare_vector(name, values.shape[1], None)
-        data_path = self.root / V21_DATA_PATH.format(episode_chunk=chunk, episode_index=index)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(data_path, lambda tmp: pq.write_table(pa.table(table_columns), tmp))
-
-        # 2. episode metadata, then info.json (the commit point)
-        stats = {
-            self.state_key: _vector_stats(state),
-            self.action_key: _vector_stats(action),
-            "source_timestamp": _vector_stats(timestamps[:, None]),
-            **{name: _vector_stats(values) for name, values in columns.items()},
-            **{key: _image_stats(frames[key]) for key in self.camera_keys},
-            "timestamp": _vector_stats(frame_times[:, None]),
-            "frame_index": _vector_stats(np.arange(length)[:, None]),
-            "episode_index": _vector_stats(np.full((length, 1), index)),
-            "index": _vector_stats(np.arange(first_frame, first_frame + length)[:, None]),
-            "task_index": _vector_stats(np.full((length, 1), self.tasks[task])),
-        }
-        self._stats.append({"episode_index": index, "stats": stats})
-        self._episodes.append({"episode_index": index, "tasks": [task], "length": length})
-        self._write_meta()
-        self.info["total_episodes"] = index + 1
-        self.info["total_frames"] = first_frame + length
-        self.info["total_tasks"] = len(self.tasks)
-        self.info["total_videos"] = (index + 1) * len(self.camera_keys)
-        self.info["total_chunks"] = chunk + 1
-        self.info["splits"] = {"train": f"0:{index + 1}"}
-        _write_json(self._meta / "info.json", self.info)
+        staged = _Commit(self.root)
+        try:
+            self._write_episode(staged, index, length, frames, state, action, timestamps, task, columns)
+            staged.commit()
+        except BaseException:
+            staged.abandon()
+            raise
+        self._committed()
         return index
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- per-format parts --------------------------------------------------------------------
     def _new_info(self) -> dict[str, Any]:
-        features: dict[str, Any] = {
+        raise NotImplementedError
+
+    def _open_existing(self) -> None:
+        raise NotImplementedError
+
+    def _write_episode(self, staged, index, length, frames, state, action, timestamps, task, columns) -> None:
+        raise NotImplementedError
+
+    def _committed(self) -> None:
+        """Move the in-memory state forward once an episode's files are all in place."""
+
+    # -- shared ------------------------------------------------------------------------------
+    def _base_features(self) -> dict[str, Any]:
+        return {
             self.state_key: {
                 "dtype": "float32",
                 "shape": [len(self.state_names)],
@@ -466,33 +591,21 @@ class LeRobotV21Writer:
                 "shape": [len(self.action_names)],
                 "names": list(self.action_names),
             },
-            "source_timestamp": {"dtype": "float64", "shape": [1], "names": None},
-            **INDEX_FEATURES,
-        }
-        return {
-            "codebase_version": V21,
-            "robot_type": self.robot_type,
-            "total_episodes": 0,
-            "total_frames": 0,
-            "total_tasks": 0,
-            "total_videos": 0,
-            "total_chunks": 0,
-            "chunks_size": self.chunks_size,
-            "fps": self.fps,
-            "splits": {},
-            "data_path": V21_DATA_PATH,
-            "video_path": V21_VIDEO_PATH,
-            "features": features,
+            **{k: dict(v) for k, v in INDEX_FEATURES.items()},
         }
 
-    def _open_existing(self) -> None:
-        info = _read_json(self._meta / "info.json")
+    def _check_existing(self) -> None:
         where = self._meta / "info.json"
-        if info.get("codebase_version") != V21:
+        info = self.info
+        if info.get("codebase_version") != self.version:
             raise DatasetError(
-                f"{where}: can only append to v2.1 datasets, this is {info.get('codebase_version')}"
+                f"{where}: this writer appends to {self.version} datasets, this is {info.get('codebase_version')}"
             )
-        if float(info["fps"]) != self.fps:
+        try:
+            have_fps = integer_fps(info.get("fps"), f"{where}: fps")
+        except ValueError as error:
+            raise DatasetError(str(error)) from error
+        if have_fps != self.fps:
             raise DatasetError(f"{where}: dataset fps is {info['fps']}, writer fps {self.fps}")
         features = info["features"]
         for key, names in ((self.state_key, self.state_names), (self.action_key, self.action_names)):
@@ -507,28 +620,75 @@ class LeRobotV21Writer:
                 f"{where}: dataset cameras {videos} differ from the writer's {sorted(self.camera_keys)}"
             )
         self.chunks_size = int(info.get("chunks_size", self.chunks_size))
-        self.info = info
-        total = int(info["total_episodes"])
-        # Lines past total_episodes belong to an episode whose info.json update never happened.
-        self._episodes = [
-            r
-            for r in _read_jsonl(self._meta / "episodes.jsonl", missing_ok=total == 0)
-            if r["episode_index"] < total
-        ]
-        self._stats = [
-            r
-            for r in _read_jsonl(self._meta / "episodes_stats.jsonl", missing_ok=total == 0)
-            if r["episode_index"] < total
-        ]
-        if len(self._episodes) != total or len(self._stats) != total:
-            raise DatasetError(
-                f"{self._meta}: info.json has {total} episodes but episodes.jsonl has {len(self._episodes)} "
-                f"and episodes_stats.jsonl {len(self._stats)}"
-            )
-        used = {t for r in self._episodes for t in r["tasks"]}
-        rows = _read_jsonl(self._meta / "tasks.jsonl", missing_ok=total == 0)
-        self.tasks = {str(r["task"]): int(r["task_index"]) for r in rows if r["task"] in used}
-        self.tasks = {t: i for t, i in sorted(self.tasks.items(), key=lambda item: item[1])}
+
+    def _frame_table(
+        self, index, first_frame, length, state, action, columns, task_index, sources
+    ) -> pa.Table:
+        """The episode's rows, one column per non-video feature in info.json's order, typed as
+        LeRobot's `datasets` features make them: shape [1] -> a scalar column, shape [D] ->
+        fixed_size_list<D> (utils.py get_hf_features_from_features), with the `huggingface`
+        schema metadata that `datasets` writes."""
+        values: dict[str, np.ndarray] = {
+            self.state_key: state,
+            self.action_key: action,
+            **columns,
+            SOURCE_TIMESTAMP: sources,
+            "timestamp": (np.arange(length) / self.fps).astype(np.float32),
+            "frame_index": np.arange(length, dtype=np.int64),
+            "episode_index": np.full(length, index, dtype=np.int64),
+            "index": np.arange(first_frame, first_frame + length, dtype=np.int64),
+            "task_index": np.full(length, task_index, dtype=np.int64),
+        }
+        arrays, fields, hf = [], [], {}
+        for key, ft in self.info["features"].items():
+            if ft["dtype"] in ("video", "image"):
+                continue
+            dtype = np.dtype(ft["dtype"])
+            data = np.asarray(values[key]).astype(dtype)
+            if list(ft["shape"]) == [1]:
+                array = pa.array(data.reshape(length))
+                hf[key] = {"dtype": ft["dtype"], "_type": "Value"}
+            else:
+                width = int(np.prod(ft["shape"]))
+                array = pa.FixedSizeListArray.from_arrays(
+                    pa.array(data.reshape(-1)), type=pa.list_(pa.from_numpy_dtype(dtype), width)
+                )
+                hf[key] = {
+                    "feature": {"dtype": ft["dtype"], "_type": "Value"},
+                    "length": width,
+                    "_type": "Sequence",
+                }
+            arrays.append(array)
+            fields.append(pa.field(key, array.type))
+        schema = pa.schema(fields, metadata={b"huggingface": json.dumps({"info": {"features": hf}}).encode()})
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _episode_stats(
+        self, table: pa.Table, frames: Mapping[str, np.ndarray]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """LeRobot's per-episode statistics of every feature, in info.json's order
+        (compute_stats.py compute_episode_stats; lerobot_stats.py says how)."""
+        stats = {}
+        for key, ft in self.info["features"].items():
+            if ft["dtype"] == "video":
+                stats[key] = image_stats(frames[key], quantiles=self.quantile_stats)
+            else:
+                column = table[key].combine_chunks()
+                if pa.types.is_fixed_size_list(column.type):
+                    data = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
+                else:
+                    data = column.to_numpy(zero_copy_only=False)
+                stats[key] = vector_stats(data, quantiles=self.quantile_stats)
+        return stats
+
+    def _source_table(self, index: int, timestamps: np.ndarray) -> pa.Table:
+        return pa.table(
+            {
+                "episode_index": pa.array(np.full(len(timestamps), index, dtype=np.int64)),
+                "frame_index": pa.array(np.arange(len(timestamps), dtype=np.int64)),
+                SOURCE_TIMESTAMP: pa.array(np.asarray(timestamps, dtype=np.float64)),
+            }
+        )
 
     def _check_episode(self, index, frames, state, action, timestamps, extra):
         where = f"episode {index}"
@@ -560,8 +720,12 @@ class LeRobotV21Writer:
                 raise ValueError(
                     f"{where}: camera {key!r} frames must be uint8 [{length}, H, W, 3], got {clip.dtype} {clip.shape}"
                 )
+            height, width = clip.shape[1:3]
+            have = self.info["features"].get(key, {}).get("shape")
+            if have is not None and list(have[:2]) != [height, width]:
+                raise ValueError(f"camera {key!r}: frames are {height}x{width}, the dataset's are {have[:2]}")
         columns = {}
-        reserved = {self.state_key, self.action_key, "source_timestamp", *INDEX_FEATURES, *self.camera_keys}
+        reserved = {self.state_key, self.action_key, SOURCE_TIMESTAMP, *INDEX_FEATURES, *self.camera_keys}
         for name, values in (extra or {}).items():
             if name in reserved:
                 raise ValueError(f"{where}: extra column {name!r} clashes with a built-in feature")
@@ -571,18 +735,18 @@ class LeRobotV21Writer:
                 raise ValueError(
                     f"{where}: extra column {name!r} must be [{length}] or [{length}, D], got {values.shape}"
                 )
+            have = self.info["features"].get(name, {}).get("shape")
+            if have is not None and list(have) != [values.shape[1]]:
+                raise ValueError(f"extra column {name!r}: {values.shape[1]} dims, the dataset's has {have}")
             columns[name] = values
         return length, state, action, timestamps, columns
 
     def _declare_video(self, key: str, height: int, width: int) -> None:
         features = self.info["features"]
         if key in features:
-            if features[key]["shape"][:2] != [height, width]:
-                raise ValueError(
-                    f"camera {key!r}: frames are {height}x{width}, the dataset's are {features[key]['shape'][:2]}"
-                )
             return
         spec = VIDEO_CODECS[self.video_codec]
+        # The `info` block LeRobot's get_video_info fills (video_utils.py), with an integer fps.
         features[key] = {
             "dtype": "video",
             "shape": [height, width, 3],
@@ -601,21 +765,423 @@ class LeRobotV21Writer:
 
     def _declare_vector(self, key: str, dim: int, names: Sequence[str] | None) -> None:
         features = self.info["features"]
-        if key in features:
-            if features[key]["shape"] != [dim]:
-                raise ValueError(
-                    f"extra column {key!r}: {dim} dims, the dataset's has {features[key]['shape']}"
-                )
-            return
-        features[key] = {"dtype": "float32", "shape": [dim], "names": list(names) if names else None}
+        if key not in features:
+            features[key] = {"dtype": "float32", "shape": [dim], "names": list(names) if names else None}
 
-    def _write_meta(self) -> None:
+
+class LeRobotV21Writer(_EpisodeWriter):
+    """Append episodes to a LeRobot v2.1 dataset (LeRobot 0.3.x), creating it if `root` has none.
+
+    One parquet and one mp4 per camera per episode; the episode's metadata lines and info.json
+    (whose total_episodes is the commit point) are rewritten with it, all in one atomic commit."""
+
+    version = V21
+    quantile_stats = False  # LeRobot 0.3.x statistics: min max mean std count
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._episodes: list[dict[str, Any]] = []
+        self._stats: list[dict[str, Any]] = []
+        super().__init__(*args, **kwargs)
+
+    def _new_info(self) -> dict[str, Any]:
+        return {
+            "codebase_version": V21,
+            "robot_type": self.robot_type,
+            "total_episodes": 0,
+            "total_frames": 0,
+            "total_tasks": 0,
+            "total_videos": 0,
+            "total_chunks": 0,
+            "chunks_size": self.chunks_size,
+            "fps": self.fps,
+            "splits": {},
+            "data_path": V21_DATA_PATH,
+            "video_path": V21_VIDEO_PATH,
+            "features": self._base_features(),
+        }
+
+    def _open_existing(self) -> None:
+        total = int(self.info["total_episodes"])
+        # Lines past total_episodes belong to an episode whose info.json update never happened.
+        self._episodes = [
+            r
+            for r in _read_jsonl(self._meta / "episodes.jsonl", missing_ok=total == 0)
+            if r["episode_index"] < total
+        ]
+        self._stats = [
+            r
+            for r in _read_jsonl(self._meta / "episodes_stats.jsonl", missing_ok=total == 0)
+            if r["episode_index"] < total
+        ]
+        if len(self._episodes) != total or len(self._stats) != total:
+            raise DatasetError(
+                f"{self._meta}: info.json has {total} episodes but episodes.jsonl has {len(self._episodes)} "
+                f"and episodes_stats.jsonl {len(self._stats)}"
+            )
+        used = {t for r in self._episodes for t in r["tasks"]}
+        rows = _read_jsonl(self._meta / "tasks.jsonl", missing_ok=total == 0)
+        tasks = {str(r["task"]): int(r["task_index"]) for r in rows if r["task"] in used}
+        self.tasks = dict(sorted(tasks.items(), key=lambda item: item[1]))
+
+    def _write_episode(self, staged, index, length, frames, state, action, timestamps, task, columns) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = len(self.tasks)
+        chunk = index // self.chunks_size
+        first_frame = int(self.info["total_frames"])
+        for key in self.camera_keys:
+            path = self.root / V21_VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=index)
+            encode_video(staged.path(path), frames[key], self.fps, self.video_codec)
+        table = self._frame_table(
+            index, first_frame, length, state, action, columns, self.tasks[task], timestamps
+        )
+        data_path = self.root / V21_DATA_PATH.format(episode_chunk=chunk, episode_index=index)
+        pq.write_table(table, staged.path(data_path))
+        if SOURCE_TIMESTAMP not in self.info["features"]:
+            sidecar = _source_times_path(self.root, data_path)
+            pq.write_table(self._source_table(index, timestamps), staged.path(sidecar))
+        stats = stats_to_lists(self._episode_stats(table, frames))
+        episodes = [*self._episodes, {"episode_index": index, "tasks": [task], "length": length}]
+        all_stats = [*self._stats, {"episode_index": index, "stats": stats}]
         tasks = [
             {"task_index": i, "task": t} for t, i in sorted(self.tasks.items(), key=lambda item: item[1])
         ]
-        _write_jsonl(self._meta / "tasks.jsonl", tasks)
-        _write_jsonl(self._meta / "episodes_stats.jsonl", self._stats)
-        _write_jsonl(self._meta / "episodes.jsonl", self._episodes)
+        staged.write_text(self._meta / "tasks.jsonl", _jsonl(tasks))
+        staged.write_text(self._meta / "episodes_stats.jsonl", _jsonl(all_stats))
+        staged.write_text(self._meta / "episodes.jsonl", _jsonl(episodes))
+        info = dict(self.info)
+        info.update(
+            total_episodes=index + 1,
+            total_frames=first_frame + length,
+            total_tasks=len(self.tasks),
+            total_videos=(index + 1) * len(self.camera_keys),
+            total_chunks=chunk + 1,
+            splits={"train": f"0:{index + 1}"},
+        )
+        staged.write_json(self._meta / "info.json", info)
+        self._pending = (info, episodes, all_stats)
+
+    def _committed(self) -> None:
+        self.info, self._episodes, self._stats = self._pending
+
+
+class LeRobotV30Writer(_EpisodeWriter):
+    """Append episodes to a LeRobot v3.0 dataset (LeRobot 0.4.x), creating it if `root` has none.
+
+    Episodes are appended to the current data file, video files and episode-metadata file until
+    adding one would reach the size limit, then the next file is started (chunk-XXX/file-YYY,
+    `chunks_size` files a chunk), as lerobot_dataset.py `_save_episode_data`,
+    `_save_episode_video` and `LeRobotDatasetMetadata._save_episode_metadata` decide: data and
+    episode metadata at `data_files_size_in_mb` (current size plus the episode's share at the file's
+    average bytes per row), videos at `video_files_size_in_mb` (current size plus the episode's
+    mp4). A reopened dataset continues in new files, as LeRobot does when it resumes. Growing a file
+    rewrites it under a temporary name (parquet) or remuxes it with the new episode (mp4).
+    """
+
+    version = V30
+    quantile_stats = True  # LeRobot 0.4.x statistics add q01 q10 q50 q90 q99
+
+    def __init__(
+        self,
+        *args: Any,
+        data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
+        video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+        **kwargs: Any,
+    ) -> None:
+        if data_files_size_in_mb <= 0 or video_files_size_in_mb <= 0:
+            raise ValueError("data_files_size_in_mb and video_files_size_in_mb must be positive")
+        self.data_files_size_in_mb = data_files_size_in_mb
+        self.video_files_size_in_mb = video_files_size_in_mb
+        self._last: dict[str, Any] | None = None  # the latest committed episode's metadata row
+        self._data_frames = 0  # frames in the current data file (0: start a new file)
+        self._video_frames: dict[str, int] = {}  # frames in each camera's current video file
+        self._meta_rows: list[dict[str, Any]] = []  # rows of the current episode-metadata file
+        self._stats: dict[str, dict[str, np.ndarray]] | None = None
+        super().__init__(*args, **kwargs)
+        self.data_files_size_in_mb = self.info.get("data_files_size_in_mb", data_files_size_in_mb)
+        self.video_files_size_in_mb = self.info.get("video_files_size_in_mb", video_files_size_in_mb)
+
+    def _new_info(self) -> dict[str, Any]:
+        # utils.py create_empty_dataset_info (v3.0): no total_videos / total_chunks any more.
+        return {
+            "codebase_version": V30,
+            "robot_type": self.robot_type,
+            "total_episodes": 0,
+            "total_frames": 0,
+            "total_tasks": 0,
+            "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": self.data_files_size_in_mb,
+            "video_files_size_in_mb": self.video_files_size_in_mb,
+            "fps": self.fps,
+            "splits": {},
+            "data_path": V30_DATA_PATH,
+            "video_path": V30_VIDEO_PATH,
+            "features": self._base_features(),
+        }
+
+    def _open_existing(self) -> None:
+        total = int(self.info["total_episodes"])
+        if total == 0:
+            return
+        self.tasks = {t: i for i, t in sorted(read_v30_tasks(self._meta / "tasks.parquet").items())}
+        last = None
+        for path in sorted((self._meta / "episodes").glob("chunk-*/file-*.parquet")):
+            names = [n for n in pq.read_schema(path).names if not n.startswith("stats/")]
+            for row in pq.read_table(path, columns=names).to_pylist():
+                if row["episode_index"] == total - 1:
+                    last = row
+        if last is None:
+            raise DatasetError(f"{self._meta / 'episodes'}: no metadata row for episode {total - 1}")
+        self._last = last
+        stats_path = self._meta / "stats.json"
+        self._stats = stats_from_lists(_read_json(stats_path)) if stats_path.is_file() else None
+
+    def _write_episode(self, staged, index, length, frames, state, action, timestamps, task, columns) -> None:
+        tasks = dict(self.tasks)
+        if task not in tasks:
+            tasks[task] = len(tasks)
+        first_frame = int(self.info["total_frames"])
+        table = self._frame_table(index, first_frame, length, state, action, columns, tasks[task], timestamps)
+        row: dict[str, Any] = {"episode_index": index, "tasks": [task], "length": length}
+
+        # 1. data (and the source-time sidecar, which follows the data file)
+        chunk, file = self._data_location(length)
+        data_path = self.root / V30_DATA_PATH.format(chunk_index=chunk, file_index=file)
+        whole = pa.concat_tables([pq.read_table(data_path), table]) if self._data_frames else table
+        pq.write_table(whole, staged.path(data_path))
+        if SOURCE_TIMESTAMP not in self.info["features"]:
+            sidecar = _source_times_path(self.root, data_path)
+            sources = self._source_table(index, timestamps)
+            if self._data_frames and sidecar.is_file():
+                sources = pa.concat_tables([pq.read_table(sidecar), sources])
+            pq.write_table(sources, staged.path(sidecar))
+        row.update(
+            {
+                "data/chunk_index": chunk,
+                "data/file_index": file,
+                "dataset_from_index": first_frame,
+                "dataset_to_index": first_frame + length,
+            }
+        )
+        # 2. videos: the episode encoded alone, then appended to the camera's current file
+        video_frames = {}
+        for key in self.camera_keys:
+            chunk, file, start = self._write_video(staged, key, frames[key])
+            video_frames[key] = start + length
+            row.update(
+                {
+                    f"videos/{key}/chunk_index": chunk,
+                    f"videos/{key}/file_index": file,
+                    f"videos/{key}/from_timestamp": start / self.fps,
+                    f"videos/{key}/to_timestamp": (start + length) / self.fps,
+                }
+            )
+        # 3. statistics (episode's, then the dataset's aggregate: meta/stats.json)
+        episode_stats = self._episode_stats(table, frames)
+        for key, values in stats_to_lists(episode_stats).items():
+            for name, value in values.items():
+                row[f"stats/{key}/{name}"] = value
+        stats = aggregate_stats([self._stats, episode_stats]) if self._stats else episode_stats
+        # 4. episode metadata file, tasks, stats, info.json (last: the commit point)
+        chunk, file = self._meta_location()
+        row["meta/episodes/chunk_index"] = chunk
+        row["meta/episodes/file_index"] = file
+        meta_rows = [*self._meta_rows, row] if self._meta_rows else [row]
+        meta_path = self.root / V30_EPISODES_PATH.format(chunk_index=chunk, file_index=file)
+        pq.write_table(_episodes_table(meta_rows), staged.path(meta_path))
+        if tasks != self.tasks or not (self._meta / "tasks.parquet").is_file():
+            pq.write_table(_tasks_table(tasks), staged.path(self._meta / "tasks.parquet"))
+        staged.write_json(self._meta / "stats.json", stats_to_lists(stats))
+        info = dict(self.info)
+        info.update(
+            total_episodes=index + 1,
+            total_frames=first_frame + length,
+            total_tasks=len(tasks),
+            splits={"train": f"0:{index + 1}"},
+        )
+        staged.write_json(self._meta / "info.json", info)
+        self._pending = (info, tasks, row, meta_rows, stats, video_frames, self._data_frames + length)
+
+    def _committed(self) -> None:
+        info, tasks, row, meta_rows, stats, video_frames, data_frames = self._pending
+        self.info, self.tasks, self._last, self._meta_rows, self._stats = info, tasks, row, meta_rows, stats
+        self._video_frames, self._data_frames = video_frames, data_frames
+
+    def _data_location(self, length: int) -> tuple[int, int]:
+        """(chunk, file) of the data file the episode goes to; resets `_data_frames` for a new one."""
+        if self._last is None:
+            self._data_frames = 0
+            return 0, 0
+        here = (int(self._last["data/chunk_index"]), int(self._last["data/file_index"]))
+        if self._data_frames:
+            path = self.root / V30_DATA_PATH.format(chunk_index=here[0], file_index=here[1])
+            size = _size_mb(path)
+            if size + size / self._data_frames * length < self.data_files_size_in_mb:
+                return here
+        self._data_frames = 0
+        return _next_file(*here, self.chunks_size)
+
+    def _meta_location(self) -> tuple[int, int]:
+        if self._last is None:
+            self._meta_rows = []
+            return 0, 0
+        here = (int(self._last["meta/episodes/chunk_index"]), int(self._last["meta/episodes/file_index"]))
+        if self._meta_rows:
+            path = self.root / V30_EPISODES_PATH.format(chunk_index=here[0], file_index=here[1])
+            size = _size_mb(path)
+            if size + size / len(self._meta_rows) < self.data_files_size_in_mb:
+                return here
+        self._meta_rows = []
+        return _next_file(*here, self.chunks_size)
+
+    def _write_video(self, staged: _Commit, key: str, clip: np.ndarray) -> tuple[int, int, int]:
+        """Stage camera `key`'s video file with the episode appended -> (chunk, file, first frame)."""
+        frames_before = self._video_frames.get(key, 0)
+        if self._last is None:
+            here = None
+        else:
+            here = (int(self._last[f"videos/{key}/chunk_index"]), int(self._last[f"videos/{key}/file_index"]))
+        final = None if here is None else self._video_path(key, *here)
+        episode = (final or self._video_path(key, 0, 0)).with_name(f".episode-{key}.mp4.tmp")
+        try:
+            encode_video(episode, clip, self.fps, self.video_codec)
+            fits = here is not None and frames_before > 0
+            if fits and _size_mb(final) + _size_mb(episode) < self.video_files_size_in_mb:
+                concat_videos([final, episode], staged.path(final), [frames_before, len(clip)], self.fps)
+                return here[0], here[1], frames_before
+            chunk, file = (0, 0) if here is None else _next_file(*here, self.chunks_size)
+            os.replace(episode, staged.path(self._video_path(key, chunk, file)))
+            return chunk, file, 0
+        finally:
+            episode.unlink(missing_ok=True)
+
+    def _video_path(self, key: str, chunk: int, file: int) -> Path:
+        path = self.root / V30_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
+    """The file after (chunk, file): a new chunk every `chunks_size` files (update_chunk_file_indices)."""
+    return (chunk + 1, 0) if file >= chunks_size - 1 else (chunk, file + 1)
+
+
+def _size_mb(path: Path) -> float:
+    return path.stat().st_size / 1024**2  # LeRobot's get_file_size_in_mb
+
+
+def _episodes_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """meta/episodes rows as LeRobot writes them: pa.Table.from_pydict of python values (no schema
+    metadata), so ints are int64, floats double, tasks list<string>, statistics (nested) lists."""
+    return pa.Table.from_pydict({key: [r[key] for r in rows] for key in rows[0]})
+
+
+def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
+    """meta/tasks.parquet as pandas' DataFrame.to_parquet writes LeRobot's tasks frame (index: the
+    task strings, column task_index): data column first, the index as "__index_level_0__", and
+    the pandas metadata that makes pandas restore it as the index."""
+    ordered = sorted(tasks.items(), key=lambda item: item[1])
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+    schema = pa.schema(
+        [pa.field("task_index", pa.int64()), pa.field("__index_level_0__", pa.string())],
+        metadata={b"pandas": json.dumps(pandas_meta).encode()},
+    )
+    return pa.table(
+        {"task_index": [i for _, i in ordered], "__index_level_0__": [t for t, _ in ordered]}, schema=schema
+    )
+
+
+# -- the atomic commit ------------------------------------------------------------------------
+class _Commit:
+    """One episode's files, written under temporary names, then renamed into place together."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.moves: list[tuple[Path, Path]] = []
+
+    def path(self, final: Path) -> Path:
+        """The temporary name to write `final` under (hidden, ending .tmp: outside LeRobot's globs)."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        self.moves.append((tmp, final))
+        return tmp
+
+    def write_text(self, final: Path, text: str) -> None:
+        self.path(final).write_text(text)
+
+    def write_json(self, final: Path, data: Any) -> None:
+        self.write_text(final, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        # meta/info.json last: it holds total_episodes, the readers' commit point.
+        moves = sorted(self.moves, key=lambda m: m[1].name == "info.json")
+        journal = self.root / JOURNAL
+        listing = [[str(t.relative_to(self.root)), str(f.relative_to(self.root))] for t, f in moves]
+        _atomic(journal, lambda tmp: tmp.write_text(json.dumps({"moves": listing}) + "\n"))
+        _apply_moves(self.root, listing)
+        journal.unlink()
+
+    def abandon(self) -> None:
+        for tmp, _ in self.moves:
+            tmp.unlink(missing_ok=True)
+
+
+def recover_interrupted_write(root: str | os.PathLike[str]) -> bool:
+    """Finish or undo a writer's episode that a crash interrupted; True if a journal was replayed.
+
+    With a journal, every staged file was complete before the first rename: the renames are
+    redone. Without one, the staged files never became part of the dataset: they are removed.
+    Run only by writers (one writer per dataset at a time)."""
+    root = Path(root)
+    journal = root / JOURNAL
+    replayed = False
+    if journal.is_file():
+        try:
+            listing = json.loads(journal.read_text())["moves"]
+        except (OSError, json.JSONDecodeError, KeyError) as error:
+            raise DatasetError(f"{journal}: unreadable commit journal: {error}") from error
+        _apply_moves(root, listing)
+        journal.unlink()
+        replayed = True
+    for folder in ("data", "videos", "meta"):
+        if (root / folder).is_dir():
+            for stale in (root / folder).rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+    return replayed
+
+
+def _apply_moves(root: Path, listing: Sequence[Sequence[str]]) -> None:
+    for tmp, final in listing:
+        if (root / tmp).exists():
+            os.replace(root / tmp, root / final)
 
 
 # -- file helpers ---------------------------------------------------------------------------
@@ -628,15 +1194,8 @@ def _atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n"))
-
-
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    _atomic(path, lambda tmp: tmp.write_text(text))
+def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _read_json(path: Path) -> Any:
@@ -693,41 +1252,3 @@ def _vector_column(table: pa.Table, key: str, where: str) -> np.ndarray:
     if values.null_count:
         raise DatasetError(f"{where}: column {key!r} has {values.null_count} missing values")
     return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), width)
-
-
-def _list_array(values: np.ndarray) -> pa.Array:
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)))
-
-
-def _vector_stats(values: np.ndarray) -> dict[str, list]:
-    values = np.asarray(values, dtype=np.float64)
-    return {
-        "min": values.min(axis=0).tolist(),
-        "max": values.max(axis=0).tolist(),
-        "mean": values.mean(axis=0).tolist(),
-        "std": values.std(axis=0).tolist(),
-        "count": [int(values.shape[0])],
-    }
-
-
-def _image_stats(clip: np.ndarray, max_frames: int = 100) -> dict[str, list]:
-    """Per-channel statistics in [0, 1], shaped [3, 1, 1] like LeRobot's (on a frame subsample).
-
-    From each channel's 256-bin histogram: the same numbers as over the pixels in float64, without
-    a float copy of the clip (half of an episode's conversion time before)."""
-    step = max(1, len(clip) // max_frames)
-    sample = clip[::step]
-    pixels = np.ascontiguousarray(sample, dtype=np.uint8).reshape(-1, 3)
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    out: dict[str, list] = {"min": [], "max": [], "mean": [], "std": []}
-    for c in range(3):
-        hist = np.bincount(pixels[:, c], minlength=256).astype(np.float64)
-        present = np.flatnonzero(hist)
-        mean = float(hist @ levels / hist.sum())
-        out["min"].append([[float(levels[present[0]])]])
-        out["max"].append([[float(levels[present[-1]])]])
-        out["mean"].append([[mean]])
-        out["std"].append([[float(np.sqrt(hist @ (levels - mean) ** 2 / hist.sum()))]])
-    return {**out, "count": [int(len(sample))]}

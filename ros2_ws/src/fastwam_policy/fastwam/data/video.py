@@ -41,7 +41,7 @@ VIDEO_CODECS: dict[str, VideoCodec] = {
 }
 
 
-def encode_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float, codec: str = "h264") -> None:
+def encode_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int, codec: str = "h264") -> None:
     """Write uint8 RGB frames [T, H, W, 3] to an mp4 at `fps`, atomically (temp file, then rename)."""
     if codec not in VIDEO_CODECS:
         raise ValueError(f"unknown video codec {codec!r}; choose one of {sorted(VIDEO_CODECS)}")
@@ -64,6 +64,58 @@ def encode_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float, c
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def concat_videos(
+    inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], lengths: Sequence[int], fps: int
+) -> None:
+    """Remux mp4 files encoded alike into one, back to back, without re-encoding, atomically.
+
+    LeRobot v3.0 grows a camera's video file by concatenating each new episode's mp4 to it
+    (lerobot_dataset.py `_save_episode_video` -> video_utils.concatenate_video_files, a stream
+    copy). Input k (`lengths[k]` frames) starts at sum(lengths[:k]) / fps seconds in the output,
+    the episode's `from_timestamp`. Raises VideoError if the inputs differ in codec or frame size.
+    """
+    if len(inputs) != len(lengths) or not inputs:
+        raise ValueError("concat_videos needs one frame count per input, and at least one input")
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.concat.tmp")
+    try:
+        with _open(inputs[0]) as first:
+            template = first.streams.video[0]
+            expect = (
+                template.codec_context.name,
+                template.codec_context.width,
+                template.codec_context.height,
+            )
+            with av.open(str(tmp), mode="w", format="mp4") as out:
+                stream = out.add_stream_from_template(template, opaque=True)
+                start = Fraction(0)
+                for path, length in zip(inputs, lengths, strict=True):
+                    with _open(path) as src:
+                        video = src.streams.video[0]
+                        ctx = video.codec_context
+                        if (ctx.name, ctx.width, ctx.height) != expect:
+                            raise VideoError(
+                                f"{path}: {ctx.name} {ctx.width}x{ctx.height} cannot follow "
+                                f"{expect[0]} {expect[1]}x{expect[2]} in {output}"
+                            )
+                        shift = int(round(start / Fraction(video.time_base)))
+                        for packet in src.demux(video):
+                            if packet.dts is None and packet.pts is None:
+                                continue  # the demuxer's end-of-stream marker
+                            if packet.pts is not None:
+                                packet.pts += shift
+                            if packet.dts is not None:
+                                packet.dts += shift
+                            packet.stream = stream
+                            out.mux(packet)
+                    start += Fraction(int(length), int(fps))
+        os.replace(tmp, output)
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise VideoError(f"{output}: cannot concatenate {[str(p) for p in inputs]}: {error}") from error
     finally:
         tmp.unlink(missing_ok=True)
 
