@@ -1,4 +1,4 @@
-"""Episode bags (rosbag2, MCAP or sqlite3) -> LeRobot v2.1 datasets.
+"""Episode bags (rosbag2, MCAP or sqlite3) -> LeRobot datasets (v3.0 by default, v2.1 by option).
 
 Reads the topics named in the robot config (fastwam_bringup/config/r1_lite.yaml) from a bag made by
 the recorder node or by a plain `ros2 bag record` of the same topics, and aligns every stream to
@@ -7,7 +7,7 @@ the reference (head) camera's timestamps:
     state     feedback JointState positions, linearly interpolated, laid out as robot.state_groups
     action    commanded /motion_target positions, laid out as robot.action_groups (policy below)
 The head camera is subsampled to the dataset fps (config control.rate_hz unless given), and the
-episode is appended through the shared LeRobot v2.1 writer (fastwam.data.lerobot), which writes
+episode is appended through the shared LeRobot writer (fastwam.data.lerobot), which writes
 H.264 videos with PyAV and per-episode stats; the global statistics (meta/fastwam_stats.json) are
 recomputed after each run.
 
@@ -468,8 +468,13 @@ def convert_bags(
     strict: bool = False,
     report: str | os.PathLike[str] | None = None,
     verdicts: list[dict[str, Any]] | None = None,
+    dataset_format: str | None = None,
 ) -> list[int]:
     """Append each bag as an episode; returns the new dataset episode indices.
+
+    A new dataset is written as `dataset_format` (v3.0 unless "v2.1"); an existing one keeps its
+    format. The fps must be a whole number (LeRobot stores an integer fps): a fractional one is a
+    ValueError before any bag is read.
 
     Bags already in the dataset (by name, meta/fastwam_sources.jsonl) are skipped, so re-running
     over a growing recording directory appends only the new episodes. Unfinished or failed
@@ -478,14 +483,15 @@ def convert_bags(
     first). Every bag's verdict is logged, appended to `report` (default <dataset>/REPORT_FILE)
     and, when given, to `verdicts`.
     """
-    from fastwam.data.lerobot import LeRobotV21Writer
+    from fastwam.data.lerobot import integer_fps, open_writer
 
-    fps = float(fps or config.control.rate_hz)
+    fps = integer_fps(fps or config.control.rate_hz, "dataset fps (--fps, else the config's control.rate_hz)")
     dataset = Path(dataset)
     report = Path(report) if report is not None else dataset / REPORT_FILE
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    writer = LeRobotV21Writer(
+    writer = open_writer(
         dataset,
+        version=dataset_format,
         fps=fps,
         robot_type=config.robot.name,
         camera_keys=[CAMERA_FEATURE.format(key=k) for k in config.cameras.keys],
@@ -672,11 +678,18 @@ def bag_info(bag: str | os.PathLike[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bag_to_lerobot", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="append episode bags to a LeRobot v2.1 dataset")
+    c = sub.add_parser("convert", help="append episode bags to a LeRobot dataset (v3.0, or v2.1)")
     c.add_argument("bags", nargs="+", help="bag directories or recorder output directories")
     c.add_argument("--dataset", required=True, help="LeRobot dataset root (created or appended to)")
     c.add_argument("--config", required=True, help="robot config YAML (fastwam_bringup/config/r1_lite.yaml)")
-    c.add_argument("--fps", type=float, help="dataset fps (default: the config's control.rate_hz)")
+    c.add_argument(
+        "--fps", type=float, help="dataset fps, a whole number (default: the config's control.rate_hz)"
+    )
+    c.add_argument(
+        "--format",
+        choices=("v3.0", "v2.1"),
+        help="format of a new dataset (default v3.0; an existing dataset keeps its own)",
+    )
     c.add_argument("--codec", default="h264", help="video codec: h264 (default), h264_lossless, av1")
     c.add_argument("--instruction", help="task text (required for bags without episode.json; overrides it)")
     c.add_argument("--time-source", choices=("header", "receive"), default="header")
@@ -724,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config,
                 fps=args.fps,
                 codec=args.codec,
+                dataset_format=args.format,
                 instruction=args.instruction,
                 time_source=args.time_source,
                 only_success=args.only_success,
