@@ -1,4 +1,4 @@
-"""Scripted demonstrations straight into a LeRobot v2.1 dataset, without ROS and faster than real time.
+"""Scripted demonstrations straight into a LeRobot dataset, without ROS and faster than real time.
 
 The same data the ROS path gives (sim_robot_node with scripted_teleop -> recorder -> bag -> LeRobot
 converter), produced in simulated time: per frame at `fps`, the three camera images (JPEG
@@ -104,13 +104,13 @@ def write_dataset(
     params: SimParams | None = None,
     **kwargs,
 ) -> list[Demo]:
-    """Append `episodes` scripted demos (seeds seed, seed + 1, ...) to the LeRobot v2.1 dataset at root.
+    """Append `episodes` scripted demos (seeds seed, seed + 1, ...) to the LeRobot dataset at root.
 
     Returns the demos without their frames (kept for the summary: seeds, success).
     """
-    from fastwam.data.lerobot import LeRobotV21Writer
+    from fastwam.data.lerobot import open_writer
 
-    writer = LeRobotV21Writer(
+    writer = open_writer(
         root,
         fps=config.control.rate_hz,
         robot_type=config.robot.name,
@@ -144,7 +144,7 @@ def _default_config() -> str | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastwam.sim.demos", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", required=True, help="LeRobot v2.1 dataset directory (created or appended to)"
+        "--out", required=True, help="LeRobot dataset directory (created as v3.0, or appended to)"
     )
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="start pose seed of the first episode")
