@@ -13,6 +13,8 @@ from typing import Any
 
 VARIANTS = ("fast_wam", "joint", "idm", "no_cotrain")
 TIMESTEP_DISTRIBUTIONS = ("logit_normal", "shifted_uniform")
+LOSS_WEIGHTINGS = ("none", "timestep_bell")
+IDM_NOISE_AUG_LAWS = ("uniform", "training_t")
 ACTION_INITS = ("from_video", "random")
 
 PROMPT_TEMPLATE = "A video recorded from a robot's point of view executing the following instruction: {task}"
@@ -64,9 +66,12 @@ class FastWAMConfig:
     vae_temporal_factor: int = 4
     vae_spatial_factor: int = 16
     text_max_length: int = 128
-    # Flow matching.
+    # Flow matching. Defaults follow the paper (Sec. 4.1: logit-normal t, no loss weighting); the
+    # authors' code samples t from the shifted uniform law (timestep_distribution="shifted_uniform")
+    # and weights each sample's loss by a bell over t (loss_weighting="timestep_bell", flow.loss_weight).
     lambda_video: float = 1.0
     timestep_distribution: str = "logit_normal"
+    loss_weighting: str = "none"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
     timestep_shift: float = 5.0  # s in sigma = s u / (1 + (s - 1) u) (shifted_uniform)
@@ -76,8 +81,15 @@ class FastWAMConfig:
     # Inference: the chunk is the mean of this many sampler draws, all from one pass of the video
     # branch (the action expert runs them as one batch). 1 = the paper's single draw.
     num_action_samples: int = 1
+    # IDM: the ground-truth future latents the actions see are noised with probability p (paper: 0.5,
+    # "following [3]"), to t ~ U(0, idm_noise_aug_max_t) ("uniform") or, as the authors' code does
+    # (CausalWAMIDM.training_loss), to t drawn from the training timestep law ("training_t").
     idm_noise_aug_prob: float = 0.5
+    idm_noise_aug_law: str = "uniform"
     idm_noise_aug_max_t: float = 0.5
+    # Prompts pass through Wan's prompt_clean (ftfy, HTML unescape, whitespace) before tokenizing, as
+    # the authors' tokenizer (clean="whitespace") and diffusers' Wan pipelines do.
+    clean_prompts: bool = True
     # Frozen components built randomly for the small presets (None for wan22-5b: loaded from disk).
     vae: dict[str, Any] | None = None
     text_encoder: dict[str, Any] | None = None
@@ -103,6 +115,12 @@ class FastWAMConfig:
         if self.timestep_distribution not in TIMESTEP_DISTRIBUTIONS:
             raise ValueError(
                 f"unknown timestep_distribution {self.timestep_distribution!r}; expected {TIMESTEP_DISTRIBUTIONS}"
+            )
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected {LOSS_WEIGHTINGS}")
+        if self.idm_noise_aug_law not in IDM_NOISE_AUG_LAWS:
+            raise ValueError(
+                f"unknown idm_noise_aug_law {self.idm_noise_aug_law!r}; expected {IDM_NOISE_AUG_LAWS}"
             )
         if self.action_init not in ACTION_INITS:
             raise ValueError(f"unknown action_init {self.action_init!r}; expected {ACTION_INITS}")

@@ -39,17 +39,56 @@ def test_timestep_distributions():
         flow.sample_t(3, "nope")
 
 
-def test_noise_target_and_masked_mse():
+def test_noise_target_and_per_sample_mse():
     y, eps = torch.ones(2, 3), torch.zeros(2, 3)
     assert torch.allclose(
         flow.add_noise(y, eps, torch.tensor([0.0, 0.25])), torch.tensor([[1.0] * 3, [0.75] * 3])
     )
     pred, target = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
     pred[1, 2] = 100.0  # error only in a padded position
+    pred[0, 0, 0] = 2.0  # sample 0: one error of 4 over 12 valid elements
     mask = torch.ones(2, 3, dtype=torch.bool)
     mask[1, 2] = False
-    assert flow.masked_mse(pred, target, mask).item() == 0.0
-    assert flow.masked_mse(pred, target, torch.ones_like(mask)).item() > 0.0
+    assert torch.allclose(flow.per_sample_mse(pred, target, mask), torch.tensor([4.0 / 12, 0.0]))
+    assert flow.per_sample_mse(pred, target, torch.ones_like(mask))[1].item() == pytest.approx(
+        100.0**2 * 4 / 12
+    )
+    assert flow.per_sample_mse(pred, target, torch.zeros_like(mask)).eq(0).all()  # nothing valid: 0
+
+
+def test_timestep_bell_weight_is_the_authors_normalised_bell():
+    assert torch.equal(flow.loss_weight(torch.tensor([0.1, 0.9]), "none"), torch.ones(2))
+    # Their training grid: 1000 points phi(u), u = 1, 0.999, ..., 0.001 (the same law as sampling).
+    u = torch.linspace(1.0, 0.0, 1001, dtype=torch.float64)[:-1]
+    grid = flow.shift_sigma(u, 5.0)
+    w = flow.loss_weight(grid, "timestep_bell", shift=5.0).double()
+    assert abs(w.mean().item() - 1.0) < 1e-5  # normalised to mean one over the grid
+    # Zero at the grid point farthest from 1/2 (t = 1, pure noise).
+    assert w.min().item() == pytest.approx(0.0, abs=1e-6) and w[(grid - 0.5).abs().argmax()] == w.min()
+    t = torch.linspace(0.0, 1.0, 101)
+    bell = flow.loss_weight(t, "timestep_bell", shift=5.0)
+    assert t[bell.argmax()].item() == pytest.approx(0.5)
+    assert torch.allclose(bell, bell.flip(0), atol=1e-5)  # symmetric about t = 1/2
+    with pytest.raises(ValueError, match="bogus"):
+        flow.loss_weight(t, "bogus")
+
+
+def test_idm_noise_augmentation_laws():
+    n = 4000
+    uniform = FastWAM(preset("tiny", variant="idm")).eval()
+    t = uniform._idm_aug_t(n, torch.Generator().manual_seed(0), "cpu")
+    assert abs((t == 0).float().mean().item() - 0.5) < 0.03  # p = 0.5 left clean
+    assert t.max().item() <= 0.5  # U(0, idm_noise_aug_max_t)
+    authors = FastWAM(
+        preset("tiny", variant="idm", idm_noise_aug_law="training_t", timestep_distribution="shifted_uniform")
+    ).eval()
+    t = authors._idm_aug_t(n, torch.Generator().manual_seed(0), "cpu")
+    noised = t[t > 0]
+    assert abs(noised.numel() / n - 0.5) < 0.03
+    # The training law (shifted uniform, shift 5): median 5 * 0.5 / (1 + 4 * 0.5) = 0.833.
+    assert abs(noised.median().item() - 2.5 / 3.0) < 0.03 and noised.max().item() > 0.9
+    with pytest.raises(ValueError, match="idm_noise_aug_law"):
+        preset("tiny", idm_noise_aug_law="bogus")
 
 
 def test_sigma_grid_runs_from_noise_to_data():
@@ -58,10 +97,21 @@ def test_sigma_grid_runs_from_noise_to_data():
     assert bool((sig[1:] < sig[:-1]).all())
 
 
-@pytest.mark.parametrize("variant", ["fast_wam", "joint", "idm", "no_cotrain"])
-def test_training_loss_decreases_on_a_fixed_batch(variant):
+@pytest.mark.parametrize(
+    "variant, weighting",
+    [
+        ("fast_wam", "none"),
+        ("fast_wam", "timestep_bell"),
+        ("joint", "none"),
+        ("idm", "none"),
+        ("no_cotrain", "none"),
+    ],
+)
+def test_training_loss_decreases_on_a_fixed_batch(variant, weighting):
     torch.manual_seed(0)
-    model = FastWAM(preset("tiny", variant=variant, timestep_distribution="shifted_uniform"))
+    model = FastWAM(
+        preset("tiny", variant=variant, timestep_distribution="shifted_uniform", loss_weighting=weighting)
+    )
     batch = _batch(model.config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

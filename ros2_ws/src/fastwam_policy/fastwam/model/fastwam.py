@@ -271,7 +271,9 @@ class FastWAM(nn.Module):
         Times: t_act [B] and t_vid [B] drawn independently from ``config.timestep_distribution``;
         video tokens get per-token times (0 on the first frame). IDM additionally feeds a second
         copy of the ground-truth future latents (noise-augmented with probability
-        ``idm_noise_aug_prob`` to t ~ U(0, idm_noise_aug_max_t)) that the actions attend to.
+        ``idm_noise_aug_prob``, t by ``idm_noise_aug_law``) that the actions attend to.
+        Each loss is a per-sample mean over valid tokens, weighted by ``config.loss_weighting`` of
+        the sample's t, averaged over the batch (a sample with no valid token contributes 0).
         Returns {"loss", "action_loss", "video_loss"} (scalars; video_loss = 0 for no_cotrain).
         """
         cfg = self.config
@@ -318,8 +320,7 @@ class FastWAM(nn.Module):
             sizes = {"first": n0, "future": n0 * nf}
             rope = self._video_rope(1 + nf, hp, wp)
             if cfg.variant == "idm":
-                aug = torch.rand(b, generator=generator, device=dev) < cfg.idm_noise_aug_prob
-                t_aug = torch.rand(b, generator=generator, device=dev) * cfg.idm_noise_aug_max_t * aug
+                t_aug = self._idm_aug_t(b, generator, dev)
                 eps_c = torch.randn(fut.shape, generator=generator, device=dev, dtype=torch.float32)
                 cond = flow.add_noise(fut, eps_c, t_aug)
                 video_in = torch.cat([video_in, cond], dim=2)
@@ -330,14 +331,28 @@ class FastWAM(nn.Module):
         mask = build_mask(cfg.variant, sizes, device=dev)
         video_v, action_v = self.forward_tokens(video_in, t_frames, rope, ctx, a_t, t_act, mask)
 
-        action_loss = flow.masked_mse(action_v, eps_a - actions, action_mask)
+        # Per sample over its valid tokens, weighted by the sample's t, then the batch mean (the authors').
+        per_sample = flow.per_sample_mse(action_v, eps_a - actions, action_mask)
+        action_loss = (per_sample * self._loss_weight(t_act)).mean()
         if cotrain:
             pred = video_v[:, :, 1 : 1 + nf].transpose(1, 2)  # [B, F-1, C, h, w]
-            video_loss = flow.masked_mse(pred, (eps_v - fut).transpose(1, 2), latent_frame_mask[:, 1:])
+            per_sample = flow.per_sample_mse(pred, (eps_v - fut).transpose(1, 2), latent_frame_mask[:, 1:])
+            video_loss = (per_sample * self._loss_weight(t_vid)).mean()
         else:
             video_loss = torch.zeros((), device=dev)
         loss = action_loss + cfg.lambda_video * video_loss
         return {"loss": loss, "action_loss": action_loss.detach(), "video_loss": video_loss.detach()}
+
+    def _idm_aug_t(self, n: int, generator, device) -> torch.Tensor:
+        """IDM: the noise time of the ground-truth future latents the actions see ([n]; 0 = clean)."""
+        cfg = self.config
+        aug = torch.rand(n, generator=generator, device=device) < cfg.idm_noise_aug_prob
+        if cfg.idm_noise_aug_law == "training_t":
+            return self._sample_t(n, generator, device) * aug
+        return torch.rand(n, generator=generator, device=device) * cfg.idm_noise_aug_max_t * aug
+
+    def _loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return flow.loss_weight(t, self.config.loss_weighting, self.config.timestep_shift).to(t.device)
 
     def _sample_t(self, n: int, generator, device) -> torch.Tensor:
         cfg = self.config

@@ -43,11 +43,37 @@ def add_noise(y: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return (1.0 - t) * y + t * eps
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the elements where ``mask`` (broadcast from the left) is True."""
-    m = mask.view(*mask.shape, *([1] * (pred.ndim - mask.ndim))).to(pred.dtype)
-    m = m.expand_as(pred)
-    return ((pred.float() - target.float()) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B]: each sample's mean squared error over its valid elements (``mask`` [B, ...] broadcast
+    from the left; a sample with none valid gives 0). The authors reduce both losses this way
+    (per token, then over the valid tokens of a sample), so a loss weight can be per sample."""
+    m = mask.view(*mask.shape, *([1] * (pred.ndim - mask.ndim))).to(torch.float32).expand_as(pred)
+    err = (pred.float() - target.float()) ** 2 * m
+    return err.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+def loss_weight(t: torch.Tensor, weighting: str, shift: float = 5.0) -> torch.Tensor:
+    """Per-sample loss weight for training times t [B].
+
+    ``none``: 1 (the paper). ``timestep_bell``: the authors' code (``WanContinuousFlowMatchScheduler.
+    training_weight``): y(t) = exp(-2 (t - 1/2)^2), minus its minimum over their 1000-point training
+    grid t_k = shift_sigma(u_k) (u_k = 1, 1 - 1/1000, ..., 1/1000), divided by the grid mean of that
+    difference: zero at the grid point farthest from 1/2 (t = 1), mean one over the grid, highest
+    at t = 1/2.
+    """
+    if weighting == "none":
+        return torch.ones_like(t, dtype=torch.float32)
+    if weighting != "timestep_bell":
+        raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+    u = torch.linspace(1.0, 0.0, 1001, dtype=torch.float64)[:-1]
+    grid = torch.exp(-2.0 * (shift_sigma(u, shift) - 0.5) ** 2)
+    y_min = grid.min()
+    norm = (grid - y_min).mean()
+    y = torch.exp(-2.0 * (t.double() - 0.5) ** 2)
+    return ((y - y_min) / (norm + 1e-10)).float()
+
+
+LOSS_WEIGHTINGS = ("none", "timestep_bell")
 
 
 def sigma_grid(steps: int, shift: float = 1.0, device: torch.device | str = "cpu") -> torch.Tensor:
