@@ -58,8 +58,12 @@ class TextEmbeddingCache:
         encoder_id: str,
         batch_size: int = 8,
         progress: bool = True,
+        clean: bool = True,
     ) -> TextEmbeddingCache:
+        """``clean``: encode through Wan's prompt_clean (``FastWAMConfig.clean_prompts``); embeddings
+        of raw prompts are another cache (the flag is part of its encoder id)."""
         path = Path(path)
+        encoder_id = encoder_id if clean else f"{encoder_id}+raw-prompts"
         wanted = sorted(set(instructions))
         if path.is_file():
             cache = cls.load(path, encoder_id)
@@ -72,7 +76,7 @@ class TextEmbeddingCache:
             )
         embeds, masks = [], []
         for i in tqdm(range(0, len(wanted), batch_size), desc="text embeddings", disable=not progress):
-            e, m = components.encode_text(wanted[i : i + batch_size])
+            e, m = components.encode_text(wanted[i : i + batch_size], clean=clean)
             embeds.append(e.float().cpu())
             masks.append(m.cpu())
         cache = cls(wanted, torch.cat(embeds), torch.cat(masks))

@@ -110,6 +110,7 @@ class CachePreparer:
         self.config = config
         self.robot, self.layout = config.robot_and_cameras()
         model, self.components = modeling.build(config, self.robot, self.layout)
+        self.model_config = model.config
         self.spec = window_spec(config, model.config)
         self.text_id, self.vae_id = encoder_ids(self.components)
         self.cache_dir = cache_directory(config)
@@ -132,7 +133,7 @@ class CachePreparer:
                 instructions = sorted(set(instructions) | set(unique_instructions(val)))
             TextEmbeddingCache.build_or_load(
                 self.cache_dir / "text_embeds.safetensors", instructions, self.components, self.text_id,
-                config.cache.batch_size, progress,
+                config.cache.batch_size, progress, clean=self.model_config.clean_prompts,
             )  # fmt: skip
         if config.cache.latents:
             LatentCache(self.cache_dir / "latents", self.vae_id, windows).build(
@@ -265,6 +266,7 @@ class Trainer:
                     self.components_id,
                     cfg.cache.batch_size,
                     progress,
+                    clean=self.model_config.clean_prompts,
                 )
         self.train_data: torch.utils.data.Dataset = self.train_windows
         if cfg.cache.latents:
@@ -309,7 +311,7 @@ class Trainer:
         if self.text_cache is not None:
             embeds, mask = self.text_cache.lookup(instructions)
         else:
-            embeds, mask = self.components.encode_text(instructions)
+            embeds, mask = self.components.encode_text(instructions, clean=self.model_config.clean_prompts)
         action = self.normalizer.normalize("action", batch["action"].to(device, torch.float32))
         state = None
         if self.model_config.state_dim > 0:

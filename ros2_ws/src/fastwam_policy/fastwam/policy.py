@@ -85,7 +85,7 @@ class FastWAMPolicy:
         if ctx is not None:
             self._text_cache.move_to_end(instruction)
             return ctx
-        embeds, mask = self.components.encode_text([instruction])
+        embeds, mask = self.components.encode_text([instruction], clean=self.model.config.clean_prompts)
         ctx = self.model.encode_instruction(embeds, mask)
         self._text_cache[instruction] = ctx
         while len(self._text_cache) > self.max_cached_instructions:
@@ -94,7 +94,9 @@ class FastWAMPolicy:
 
     def _uncond_context(self) -> Context:
         if self._uncond is None:
-            embeds, mask = self.components.encode_text([""], template=False)
+            embeds, mask = self.components.encode_text(
+                [""], template=False, clean=self.model.config.clean_prompts
+            )
             self._uncond = self.model.encode_instruction(embeds, mask)
         return self._uncond
 

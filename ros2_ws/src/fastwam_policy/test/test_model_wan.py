@@ -131,6 +131,23 @@ def test_encode_text_applies_the_template_pads_and_masks(wan_dir):
         comp.encode_text("a bare string")
 
 
+def test_prompts_pass_through_wan_prompt_clean(wan_dir):
+    import ftfy  # a pinned dependency: without it diffusers' prompt_clean skips the mojibake repair
+
+    comp = WanComponents.from_pretrained(wan_dir, 64)
+    clean, _ = comp.encode_text(["fold the towel"])
+    messy, _ = comp.encode_text(["  fold \n the&amp;nbsp;towel ".replace("&amp;nbsp;", " ")])
+    assert torch.equal(messy, clean)  # whitespace collapsed and stripped
+    escaped, _ = comp.encode_text(["fold the towel &amp; the cloth"])
+    plain, _ = comp.encode_text(["fold the towel & the cloth"])
+    assert torch.equal(escaped, plain)  # HTML entities unescaped
+    mojibake, _ = comp.encode_text(["fold the towel \u00e2\u20ac\u201d now"])  # "—" read as cp1252
+    assert ftfy.fix_text("\u00e2\u20ac\u201d") == "\u2014"
+    assert torch.equal(mojibake, comp.encode_text(["fold the towel \u2014 now"])[0])
+    raw, _ = comp.encode_text(["  fold \n the towel "], clean=False)
+    assert not torch.equal(raw, clean)
+
+
 def test_latent_frame_mask_maps_groups_of_four_pixel_frames():
     fm = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     assert latent_frame_mask(fm).tolist() == [[True, True, True], [True, True, False]]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch.overrides import TorchFunctionMode
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -281,14 +282,19 @@ class WanComponents:
         return static_out.clone()
 
     @torch.no_grad()
-    def encode_text(self, tasks: list[str], template: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self, tasks: list[str], template: bool = True, clean: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """tasks -> (embeds [B, L, D_text], mask [B, L] bool), L = text_max_length, padding zeroed.
 
-        ``template=False`` encodes the strings as given (used for the empty unconditional prompt).
+        ``template=False`` encodes the strings as given (used for the empty unconditional prompt);
+        ``clean``: diffusers' Wan ``prompt_clean`` first (``FastWAMConfig.clean_prompts``).
         """
         if isinstance(tasks, str):
             raise TypeError("encode_text takes a list of strings")
         prompts = [PROMPT_TEMPLATE.format(task=t) if template else t for t in tasks]
+        if clean:
+            prompts = [prompt_clean(p) for p in prompts]
         enc = self.tokenizer(
             prompts,
             padding="max_length",
