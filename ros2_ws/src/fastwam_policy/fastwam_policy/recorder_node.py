@@ -16,7 +16,11 @@ Parameters: robot_config (YAML path; default fastwam_bringup's r1_lite.yaml), ou
 (~/fastwam_episodes), qos_depth (100), {camera,feedback,command}_reliability (best_effort |
 reliable; best_effort matches any publisher), flush_period_s (1.0: the most a crash can lose),
 fsync (true), default_instruction, convert_dataset (LeRobot root; empty = off), convert_codec
-(h264), convert_resize_to_layout (false), recover_on_start (true), status_rate_hz (1.0).
+(h264), convert_resize_to_layout (false), recover_on_start (true), status_rate_hz (1.0),
+min_free_space_mb (1024: the output directory is checked at start-up, made if missing, proven
+writable, and the node refuses to start with an error naming it otherwise), keep_empty_episodes
+(false: an episode that recorded no message is discarded with a warning), shutdown_timeout_s
+(10: on Ctrl-C / SIGTERM a running episode is saved and its bag closed within about this long).
 
     ros2 run fastwam_policy recorder_node --ros-args -p output_dir:=/data/episodes
     ros2 run fastwam_policy teleop_keys --ros-args -p instruction:="fold the towel"
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
@@ -43,6 +48,7 @@ from fastwam.data.episode_bag import (
     EpisodeError,
     EpisodeRecorder,
     TopicSpec,
+    check_output_dir,
     find_incomplete_episodes,
     recover_episode,
 )
@@ -104,6 +110,32 @@ class RecorderNode(Node):
         self.convert_resize = bool(p("convert_resize_to_layout", False).value)
         recover = bool(p("recover_on_start", True).value)
         status_rate_hz = float(p("status_rate_hz", 1.0).value)
+        min_free_mb = float(
+            p(
+                "min_free_space_mb",
+                1024.0,
+                ParameterDescriptor(description="refuse to start with less free space in output_dir (MiB)"),
+            ).value
+        )
+        keep_empty = bool(
+            p(
+                "keep_empty_episodes",
+                False,
+                ParameterDescriptor(
+                    description="save an episode that recorded no message (default: discard it)"
+                ),
+            ).value
+        )
+        self.shutdown_timeout_s = float(
+            p(
+                "shutdown_timeout_s",
+                10.0,
+                ParameterDescriptor(
+                    description="on Ctrl-C / SIGTERM, save the running episode and close its bag within this "
+                    "long (messages still queued after half of it are dropped, counted)"
+                ),
+            ).value
+        )
         if not config_path:
             raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
         for kind, value in reliability.items():
@@ -111,6 +143,13 @@ class RecorderNode(Node):
                 raise ValueError(
                     f"parameter {kind}_reliability must be one of {sorted(RELIABILITY)}, got {value!r}"
                 )
+        if self.shutdown_timeout_s <= 0:
+            raise ValueError(f"parameter shutdown_timeout_s must be positive, got {self.shutdown_timeout_s}")
+        # Refuse at start-up, not at the first start_episode: the operator learns it before recording.
+        try:
+            check_output_dir(self.output_dir, int(min_free_mb * 2**20))
+        except EpisodeError as error:
+            raise ValueError(f"parameter output_dir: {error}") from error
         self.config_path = config_path
         self.config = load_robot_config(config_path)
         self.topics = recorded_topics(self.config)
@@ -121,6 +160,7 @@ class RecorderNode(Node):
             flush_period_s=flush_period_s,
             fsync=fsync,
             metadata={"robot": self.config.robot.name, "robot_config": str(config_path)},
+            keep_empty=keep_empty,
         )
         if recover:
             self._recover_incomplete()
@@ -206,6 +246,12 @@ class RecorderNode(Node):
             return response
         response.episode = episode.name
         response.success = True
+        if episode.info.get("discarded") == "empty":
+            response.success = False
+            response.message = f"discarded {episode.name}: it recorded no message (are the topics published?)"
+            self.get_logger().warning(response.message)
+            self._publish_status()
+            return response
         if request.save:
             counts = episode.info.get("topics", {})
             total = sum(t["count"] for t in counts.values())
@@ -297,16 +343,22 @@ class RecorderNode(Node):
 def main(args=None) -> None:
     rclpy.init(args=args)
     node = None
+    code = 0
     try:
         node = RecorderNode()
         spin_until_shutdown(node)
     except KeyboardInterrupt:
         pass  # Ctrl-C during start-up
+    except ValueError as error:  # a bad parameter or output directory: say so and exit 1
+        print(f"[recorder] error: {error}", file=sys.stderr, flush=True)
+        code = 1
     finally:
         if node is not None:
-            node.recorder.shutdown()  # a clean stop (Ctrl-C, SIGTERM) saves the running episode
+            # A clean stop (Ctrl-C, SIGTERM) saves the running episode, in bounded time.
+            node.recorder.shutdown(node.shutdown_timeout_s)
             node.destroy_node()
         rclpy.try_shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

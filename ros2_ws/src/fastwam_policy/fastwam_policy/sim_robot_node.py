@@ -20,7 +20,11 @@ Scripted teleoperation (parameter scripted_teleop): a scripted operator (fastwam
 publishes the fold on the /motion_target topics like a human with a teleop rig (RELIABLE), so a
 recorder records its commands as actions. With `recorder` set (e.g. /recorder), each episode is
 recorded through that recorder's ~/start_episode and ~/stop_episode services and labelled with
-the success check; `episodes` episodes are run with seeds seed, seed + 1, ...
+the success check; `episodes` episodes are run with seeds seed, seed + 1, ... The node waits for
+the recorder's services as long as the recorder takes to come up, at most `recorder_wait_s` (then
+an error names the service and the episode runs unrecorded), without blocking its executor; the
+scripted operator holds the start pose until the recorder has started the episode, so a recording
+never misses the beginning of a fold.
 """
 
 from __future__ import annotations
@@ -90,6 +94,16 @@ class SimRobotNode(Node):
         self.episodes = int(p("episodes", 1).value)  # scripted episodes to run; 0: keep going
         self.episode_timeout_s = float(p("episode_timeout_s", 0.0).value)  # policy-driven; 0: none
         self.recorder_name = str(p("recorder", "").value)
+        self.recorder_wait_s = float(
+            p(
+                "recorder_wait_s",
+                60.0,
+                ParameterDescriptor(
+                    description="how long to wait for the recorder's services before running an episode "
+                    "unrecorded (s)"
+                ),
+            ).value
+        )
         self.instruction = str(p("instruction", "fold the towel").value)
         # Rendered size of every camera (the real R1 Lite streams 480x640). Smaller renders cut
         # rendering, JPEG and decoding costs where the policy's layout is small anyway.
@@ -243,6 +257,7 @@ class SimRobotNode(Node):
         self._last_success = False
         self._folder = ScriptedFolder(self.env) if self.scripted else None
         self._stop_requested = False
+        self._awaiting_recorder = self.start_client is not None
         pose = self.env.towel.pose
         self.get_logger().info(
             f"episode {self._episode_index}: seed {seed}, towel at x={pose.x:.3f} y={pose.y:.3f} "
@@ -288,18 +303,44 @@ class SimRobotNode(Node):
             self.finished = True
 
     def _call(self, client, request, done) -> None:
-        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=2.0):
-            self.get_logger().error(f"recorder service {client.srv_name} is not available; not recording")
-            done(None)
+        """Call a recorder service once it is available (polled on a timer: the executor, which
+        may be serving the recorder itself, is never blocked), for at most recorder_wait_s."""
+
+        def send() -> None:
+            future = client.call_async(request)
+            future.add_done_callback(lambda f: done(f.result()))
+
+        if client.service_is_ready():
+            send()
             return
-        future = client.call_async(request)
-        future.add_done_callback(lambda f: done(f.result()))
+        self.get_logger().info(
+            f"waiting for the recorder service {client.srv_name} (up to {self.recorder_wait_s:g} s)"
+        )
+        deadline = time.monotonic() + self.recorder_wait_s
+        timer = None
+
+        def poll() -> None:
+            if client.service_is_ready():
+                timer.cancel()
+                send()
+            elif time.monotonic() >= deadline:
+                timer.cancel()
+                self.get_logger().error(
+                    f"recorder service {client.srv_name} did not come up within {self.recorder_wait_s:g} s "
+                    "(parameter recorder_wait_s); this episode is not recorded"
+                )
+                done(None)
+
+        timer = self.create_timer(0.1, poll)
 
     def _on_started(self, response) -> None:
+        self._awaiting_recorder = False
         if response is not None and response.success:
             self.recording_episode = response.episode
-        else:
-            self.get_logger().error(f"recorder refused to start: {getattr(response, 'message', '')}")
+            with self.lock:  # the operator starts now that the recording runs
+                self._episode_start = self.env.time
+        elif response is not None:
+            self.get_logger().error(f"recorder refused to start: {response.message}")
 
     def _on_stopped(self, response, result: EpisodeResult, more: bool) -> None:
         if response is not None and response.success:
@@ -333,7 +374,9 @@ class SimRobotNode(Node):
         if self.finished or self._ending or self._folder is None:
             return
         t = self.env.time - self._episode_start - self.start_delay_s
-        if t > self._folder.duration + 0.5:
+        if self._awaiting_recorder:
+            t = 0.0  # holding the start pose until the recording has started
+        elif t > self._folder.duration + 0.5:
             if not self._stop_requested:
                 self._stop_requested = True
                 self.end_episode()

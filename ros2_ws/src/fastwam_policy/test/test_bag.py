@@ -513,3 +513,27 @@ def test_a_rejected_episode_is_reported_and_the_batch_goes_on_unless_strict(tmp_
     cli = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
     assert [v["verdict"] for v in cli] == ["converted", "rejected", "rejected", "converted"]
     assert LeRobotDataset(tmp_path / "cli").episode_indices == [0, 1]
+
+
+def test_an_empty_episode_is_discarded_unless_kept(tmp_path, config):
+    recorder = EpisodeRecorder(tmp_path / "a", topic_specs(config))
+    recorder.start("fold")
+    episode = recorder.stop(save=True, task_success=True)
+    assert episode.info["discarded"] == "empty" and not episode.path.exists()
+    assert recorder.episodes_saved == 0
+    kept = EpisodeRecorder(tmp_path / "b", topic_specs(config), keep_empty=True)
+    kept.start("fold")
+    episode = kept.stop(save=True, task_success=True)
+    assert "discarded" not in episode.info and read_episode_json(episode.path)["status"] == "saved"
+
+
+def test_output_directory_is_checked(tmp_path):
+    from fastwam.data.episode_bag import check_output_dir
+
+    assert check_output_dir(tmp_path / "new" / "episodes") == tmp_path / "new" / "episodes"
+    assert list((tmp_path / "new" / "episodes").iterdir()) == []  # the probe file is gone
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EpisodeError, match="file/episodes cannot be created"):
+        check_output_dir(tmp_path / "file" / "episodes")
+    with pytest.raises(EpisodeError, match="min_free_space_mb"):
+        check_output_dir(tmp_path, min_free_bytes=2**62)

@@ -2,8 +2,9 @@
 
 Checks: every published message is in the episode bag with identical content, the converted
 dataset's frames and actions are the published ones, SIGKILL mid-episode keeps earlier episodes and
-the partial one recoverable, SIGTERM saves the running episode, an unwritable output directory is a
-clear error, the operator's key helper drives the services.
+the partial one recoverable, SIGTERM saves the running episode, SIGINT / SIGTERM close the bag in
+bounded time, a bad output directory is refused at start-up, an empty episode is discarded, the
+operator's key helper drives the services.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def test_every_message_recorded_and_converted(tmp_path, client):
     process = start_recorder(
         tmp_path / "episodes", f"convert_dataset:={root}", "convert_codec:=h264_lossless"
     )
-    publishers = start_publishers(seconds=2.5)
+    publishers = start_publishers(seconds=2.5, rounds=2)
     try:
         wait_ready(recorder, executor, process)
         ok, message = call(recorder, Command("start", instruction="fold the towel"))
@@ -191,6 +192,8 @@ def test_every_message_recorded_and_converted(tmp_path, client):
         # A clean shutdown (SIGTERM) mid-episode saves it, success unknown.
         ok, message = call(recorder, Command("start", instruction="interrupted"))
         assert ok, message
+        publish_round(publishers)  # not empty: an empty episode would be discarded
+        time.sleep(0.3)
     finally:
         finish(publishers)
         log = finish(process, signal.SIGTERM)
@@ -276,22 +279,69 @@ def test_sigkill_keeps_earlier_episodes_and_recovers_the_partial_one(tmp_path, c
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), topic
 
 
-def test_unwritable_output_directory_reports_an_error(tmp_path, client):
-    recorder, executor, statuses = client
+def test_a_bad_output_directory_is_refused_at_start_up(tmp_path):
+    """Not at the first start_episode: the node does not come up, and says why, naming it."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    process = start_recorder(blocker / "episodes")
+    for params, expected in (
+        ((), "output directory " + str(blocker / "episodes") + " cannot be created"),
+        (("min_free_space_mb:=1e12",), "MiB free, less than the"),
+    ):
+        out = tmp_path / "episodes" if params else blocker / "episodes"
+        process = start_recorder(out, *params)
+        try:
+            log, _ = process.communicate(timeout=60)
+        finally:
+            finish(process)
+        assert process.returncode == 1, log
+        assert "parameter output_dir" in log and expected in log, log
+        assert "recording " not in log  # never announced
+
+
+def test_an_empty_episode_is_discarded_with_a_warning(tmp_path, client):
+    recorder, executor, statuses = client
+    process = start_recorder(tmp_path / "episodes")
     try:
         wait_ready(recorder, executor, process)
-        ok, message = call(recorder, Command("start", instruction="fold"))
-        assert not ok and "a_file" in message
-        assert spin_until(executor, lambda: statuses and statuses[-1].error, 5)
-        assert "a_file" in statuses[-1].error and not statuses[-1].recording
+        assert_ok(call(recorder, Command("start", instruction="fold")))
         ok, message = call(recorder, Command("stop", save=True, task_success=True))
-        assert not ok and "not recording" in message
+        assert not ok and "recorded no message" in message, message
+        assert spin_until(executor, lambda: statuses and not statuses[-1].recording, 5)
+        assert statuses[-1].episodes_saved == 0
     finally:
+        log = finish(process)
+    assert list((tmp_path / "episodes").iterdir()) == [], log
+    assert "WARN" in log and "recorded no message" in log, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_episode_closes_the_bag_in_bounded_time(tmp_path, client, sig):
+    """While messages stream in: the process exits within shutdown_timeout_s (3 s here) plus the
+    node's teardown, with the bag complete (metadata.yaml) and the episode saved."""
+    recorder, executor, _ = client
+    process = start_recorder(tmp_path / "episodes", "shutdown_timeout_s:=3.0")
+    publishers = start_publishers(seconds=6.0)
+    try:
+        wait_ready(recorder, executor, process)
+        assert_ok(call(recorder, Command("start", instruction="fold")))
+        publishers.stdin.write("go\n")  # a round of 6 s: still publishing when the signal comes
+        publishers.stdin.flush()
+        time.sleep(1.5)
+        sent = time.monotonic()
+        process.send_signal(sig)
+        log, _ = process.communicate(timeout=30)  # the test fails here if the process ignores it
+        exited_s = time.monotonic() - sent
+    finally:
+        finish(publishers)
         finish(process)
-    assert process.returncode is not None
+    assert process.returncode == 0, log
+    # 3 s to close the bag; the rest is rclpy teardown. A process that ignored the signal would
+    # hit the 30 s communicate timeout above.
+    assert exited_s < 15.0, (exited_s, log)
+    (episode,) = (tmp_path / "episodes").iterdir()
+    info = read_episode_json(episode)
+    assert info["status"] == "saved" and info["stopped_by"] == "shutdown", info
+    assert (episode / "metadata.yaml").is_file() and sum(len(v) for v in read_bag(episode).values()) > 0
 
 
 def test_key_commands():

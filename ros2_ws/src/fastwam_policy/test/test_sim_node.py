@@ -130,3 +130,55 @@ def test_scripted_teleop_folds_the_towel_and_reports_success(ros):
     # The teleop's commands went out on the robot's command topics (what a recorder records).
     assert all(n > 60 for n in commands.values()), commands
     assert any(e["succeeded"] for e in episodes)
+
+
+def test_the_sim_waits_for_a_recorder_that_comes_up_late_and_gives_up_clearly(ros, tmp_path, capfd):
+    """The recorder starts 3 s after the simulated robot asked for it (more than the 2 s the node
+    once waited): the episode is recorded from the operator's start pose on. With no recorder at
+    all, the node gives up after recorder_wait_s, naming the service, and runs unrecorded."""
+    from fastwam.data.episode_bag import read_episode_json
+    from fastwam_policy.recorder_node import RecorderNode
+
+    context, executor, add = ros
+    node = add(sim(context, seed=5, scripted_teleop=True, episodes=1, recorder="/recorder", time_scale=3.0))
+    spin_until(executor, lambda: False, 3.0)
+    assert not node.recording_episode and node.env.time > 1.0  # running, the operator holding
+    add(
+        RecorderNode(
+            context=context,
+            parameter_overrides=[
+                Parameter("robot_config", value=str(CONFIG)),
+                Parameter("output_dir", value=str(tmp_path / "episodes")),
+            ],
+        )
+    )
+    spin_until(executor, lambda: node.finished and not node.recording_episode, 60.0)
+    [result] = node.results
+    assert result.success and result.recorded, result
+    info = read_episode_json(tmp_path / "episodes" / result.recorded)
+    assert info["status"] == "saved" and info["task_success"] is True
+    # The bag holds the fold from its start: the first recorded command is the start pose.
+    from fastwam.data.bag import read_episode_streams
+
+    config = load_robot_config(CONFIG)
+    first = (
+        read_episode_streams(tmp_path / "episodes" / result.recorded, config).command["arm_left"].positions[0]
+    )
+    start = config.robot.split(node._folder.action(0.0), config.robot.action_groups)["arm_left"]
+    np.testing.assert_allclose(first, start, atol=1e-9)
+
+    alone = add(
+        sim(
+            context,
+            seed=6,
+            scripted_teleop=True,
+            episodes=1,
+            recorder="/nobody",
+            recorder_wait_s=1.0,
+            time_scale=3.0,
+        )
+    )
+    spin_until(executor, lambda: alone.finished, 60.0)
+    [result] = alone.results
+    assert result.success and not result.recorded
+    assert "recorder service /nobody/start_episode did not come up within 1 s" in capfd.readouterr().err

@@ -206,6 +206,7 @@ class EpisodeRecorder:
         fsync: bool = True,
         max_queue_bytes: int = 512 * 2**20,
         metadata: Mapping[str, Any] | None = None,
+        keep_empty: bool = False,
     ) -> None:
         if not topics:
             raise ValueError("the recorder needs at least one topic")
@@ -215,6 +216,7 @@ class EpisodeRecorder:
         self.fsync = fsync
         self.max_queue_bytes = int(max_queue_bytes)
         self.metadata = dict(metadata or {})
+        self.keep_empty = keep_empty  # False: an episode that recorded no message is discarded
         self.counters = [TopicCounters() for _ in self.topics]
         self.error = ""
         self.episodes_saved = 0
@@ -231,6 +233,7 @@ class EpisodeRecorder:
         self._closed.set()
         self._rate_marks: list[tuple[float, list[int]]] = []
         self._thread: threading.Thread | None = None
+        self._drain_by: float | None = None  # monotonic time after which queued messages are dropped
 
     # -- called from the node ------------------------------------------------------------------
     @property
@@ -290,25 +293,38 @@ class EpisodeRecorder:
             return episode
 
     def stop(
-        self, save: bool, task_success: bool | None, timeout_s: float = 60.0, reason: str = "request"
+        self,
+        save: bool,
+        task_success: bool | None,
+        timeout_s: float = 60.0,
+        reason: str = "request",
+        drain_s: float | None = None,
     ) -> EpisodeResult:
         """End the episode: finalize it (save) or delete it. Raises EpisodeError.
 
         task_success None = unknown (e.g. saved by a shutdown); `reason` is stored as stopped_by.
+        drain_s: messages still queued that long after the call are dropped (counted) so that the
+        bag is closed in time (a shutdown); None: all are written. An episode that recorded no
+        message is discarded unless keep_empty: its info then says discarded "empty".
         """
         with self._lock:
             episode = self._episode
             if episode is None:
-                last = f" (episode {self.last_episode} failed: {self.error})" if self.error else ""
+                if self.error:
+                    last = f" (episode {self.last_episode} failed: {self.error})" if self.last_episode else ""
+                    last = last or f" (the last start failed: {self.error})"
+                else:
+                    last = ""
                 raise EpisodeError("not recording" + last)
             self._recording = False
+            self._drain_by = None if drain_s is None else time.monotonic() + drain_s
             self._queue.put((_STOP, save, task_success, reason))
             if not self._closed.wait(timeout=timeout_s):
                 raise EpisodeError(f"episode {episode.name}: closing took longer than {timeout_s} s")
             self._episode = None
             if self._close_error:
                 raise EpisodeError(self._close_error)
-            if save:
+            if save and not episode.info.get("discarded"):
                 self.episodes_saved += 1
             return episode
 
@@ -359,11 +375,20 @@ class EpisodeRecorder:
             error=self.error,
         )
 
-    def shutdown(self) -> None:
-        """Save a running episode (success unknown) on a clean shutdown rather than lose it."""
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Save a running episode (success unknown) on a clean shutdown rather than lose it, within
+        about timeout_s: what is still queued after half of it is dropped (counted in the bag's
+        episode.json) so the bag is closed in time; past timeout_s the bag is left as the disk has it
+        (recoverable up to its last flushed chunk)."""
         if self._recording:
             with contextlib.suppress(EpisodeError):  # reported through self.error; bag stays recoverable
-                self.stop(save=True, task_success=None, reason="shutdown")
+                self.stop(
+                    save=True,
+                    task_success=None,
+                    reason="shutdown",
+                    timeout_s=timeout_s,
+                    drain_s=timeout_s / 2,
+                )
 
     # -- writer thread ---------------------------------------------------------------------------
     _close_error = ""
@@ -382,6 +407,9 @@ class EpisodeRecorder:
                 if item is not None:
                     index, stamp, data = item
                     self._queued_bytes -= len(data)
+                    if self._drain_by is not None and time.monotonic() > self._drain_by:
+                        self.counters[index].dropped += 1  # closing on a deadline: counted, not written
+                        continue
                     writer.write(index, stamp, data)
                     self.counters[index].written += 1
                 if time.monotonic() - last_flush >= self.flush_period_s:
@@ -427,6 +455,9 @@ class EpisodeRecorder:
                     write_episode_json(episode.path, episode.info)
                 self._episode = None
                 return
+            if save and not self.keep_empty and not any(c.written for c in self.counters):
+                save = False  # nothing to learn from; the caller sees info["discarded"]
+                episode.info["discarded"] = "empty"
             if not save:
                 writer.abandon()
                 shutil.rmtree(episode.path, ignore_errors=True)
@@ -448,6 +479,35 @@ class EpisodeRecorder:
                 )
         finally:
             self._closed.set()
+
+
+def check_output_dir(path: str | os.PathLike[str], min_free_bytes: int = 0) -> Path:
+    """The recorder's output directory, made if missing, proven writable (a file created, synced
+    and removed: permission bits alone do not say it for root or read-only mounts) and with at
+    least min_free_bytes free. Raises EpisodeError naming the directory and the problem."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EpisodeError(f"output directory {path} cannot be created: {error}") from error
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise EpisodeError(f"output directory {path} is not writable: {error}") from error
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise EpisodeError(
+            f"output directory {path} has {free / 2**20:.0f} MiB free, less than the {min_free_bytes / 2**20:.0f} "
+            "MiB required (parameter min_free_space_mb)"
+        )
+    return path
 
 
 # -- episode files ---------------------------------------------------------------------------------
