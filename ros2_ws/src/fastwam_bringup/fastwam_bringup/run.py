@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(
+        "--execution",
+        choices=("blend", "rtc"),
+        default="blend",
+        help="how the policy node joins a new chunk to the plan: blend (cross-fade) or rtc (real-time "
+        "chunking: sampled as a continuation of the plan)",
+    )
+    parser.add_argument(
         "--require-success", action="store_true", help="exit 1 unless every episode reached success"
     )
     args = parser.parse_args(argv)
@@ -267,6 +274,7 @@ def add_policy(
     device: str = "cpu",
     dtype: str = "float32",
     sampler_seed: int | None = None,
+    execution: str = "blend",
 ):
     try:
         from fastwam_policy.policy_node import FastWAMPolicyNode
@@ -282,6 +290,7 @@ def add_policy(
         Parameter("motion_enabled", value=motion_enabled),
         Parameter("device", value=device),
         Parameter("dtype", value=dtype),
+        Parameter("execution", value=execution),
     ]
     if sampler_seed is not None:
         overrides.append(Parameter("seed", value=int(sampler_seed)))
@@ -407,6 +416,7 @@ def run_policy_episode(
     dtype: str = "float32",
     startup_timeout_s: float = 600.0,
     quiet: bool = True,
+    execution: str = "blend",
 ) -> PolicyEpisodeResult:
     """One policy-driven episode on towel seed `seed`, motion enabled, ending at the first success
     or after `timeout_s` of simulated time. The policy node loads and warms up its model before the
@@ -421,7 +431,8 @@ def run_policy_episode(
     with Composition(quiet=quiet) as comp:
         monitor = add_monitor(comp, config)
         policy = add_policy(comp, str(robot_config), checkpoint, instruction=instruction,
-                            motion_enabled=True, device=device, dtype=dtype, sampler_seed=seed)  # fmt: skip
+                            motion_enabled=True, device=device, dtype=dtype, sampler_seed=seed,
+                            execution=execution)  # fmt: skip
         wait_for_policy(comp, monitor, checkpoint, startup_timeout_s)
         sim = add_sim(
             comp,
@@ -496,7 +507,8 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint is not None:
             # Created first: the model loads and warms up before the robot's episode starts.
             add_policy(comp, args.robot_config, checkpoint, instruction=args.instruction,
-                       motion_enabled=not args.dry_run, device=args.device, dtype=args.dtype)  # fmt: skip
+                       motion_enabled=not args.dry_run, device=args.device, dtype=args.dtype,
+                       execution=args.execution)  # fmt: skip
             print(f"[run] loading {checkpoint}")
             wait_for_policy(comp, monitor, checkpoint)
         recorder = None
@@ -516,6 +528,8 @@ def run(args: argparse.Namespace) -> int:
         mode = (
             "scripted teleop" if args.scripted_teleop else ("policy, dry run" if args.dry_run else "policy")
         )
+        if checkpoint is not None:
+            mode += f", execution {args.execution}"
         print(f"[run] {config.robot.name} simulated, {mode}, seed {args.seed}, config {args.robot_config}")
         start = time.monotonic()
         next_report = start + 1.0

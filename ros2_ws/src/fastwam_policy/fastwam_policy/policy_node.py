@@ -8,9 +8,20 @@ Threads. Subscriptions, services, the e-stop and the control timer run on the RO
 model runs on a worker thread, so everything stays live while it predicts. A replan starts when a
 head-camera frame arrives and the plan is down to ``replan_steps_left`` steps: the worker decodes
 that observation, predicts, and merges the chunk into the plan aligned to the present (steps that
-elapsed since the frame's stamp are skipped) and blended over ``blend_steps``. The first step of a
-new plan is commanded at once and the control timer restarts from there, so neither the chunk
-boundary nor the wait for the next tick adds latency. One lock guards the plan and every command. Callback groups make the node safe on a
+elapsed since the frame's stamp are skipped) and blended over ``blend_steps``. When the last
+command is at least half a period old, the first step of a new plan is commanded at once and the
+control timer restarts from there (no latency from waiting for the next tick); otherwise the next
+tick commands it. Every command is also bounded by the time since the previous one
+(`ChunkExecutor.step`), so no joint target moves faster than max_velocity whatever the timing.
+One lock guards the plan and every command.
+
+Execution modes (parameter ``execution``): ``blend`` cross-fades each new chunk over the old plan
+(``blend_steps`` of the robot config); ``rtc`` (real-time chunking, `fastwam.model.rtc`) samples the
+new chunk as a continuation of the plan: its first d steps (the inference delay, the median of the
+measured observation-to-merge latencies of recent chunks in control steps; warm-up runs never enter)
+are guided to the plan the robot follows meanwhile, the overlap after them with decaying weights
+(``rtc_schedule``, ``rtc_execution_horizon``), and the chunk replaces the plan without blending.
+Alignment, joint limits and velocity limits are the same in both modes. Callback groups make the node safe on a
 multi-threaded executor (as in a single-process runner), but `main` spins a single-threaded one:
 with the model on its own thread nothing needs more, and rclpy's MultiThreadedExecutor costs so
 much Python per message (task objects, a wait-set rebuild per callback) that on a small CPU it
@@ -28,6 +39,9 @@ States (fastwam_msgs/PolicyStatus), highest priority first:
                last target. The reason names the stream and the limit. Leaves when inputs recover.
                Invalid messages hold at once; age and skew must fail on two consecutive control
                ticks (a tick that runs late would otherwise judge frames whose callbacks wait).
+               Also while motion is enabled and there is nothing to command: no chunk yet since
+               enabling or recovering, or the plan exhausted before the next chunk landed
+               (inference slower than the plan lasts); the reason says which.
     EXECUTING  motion enabled: one JointState per command topic at the control rate, plus the
                whole plan as a JointTrajectory when a chunk lands.
     DRY_RUN    motion disabled (the default): the same predictions and execution bookkeeping,
@@ -40,14 +54,19 @@ most max_velocity / rate per step. Disabling, errors, e-stop and shutdown stop c
 
 Topics (names from the robot config; ~ is this node's namespace): cameras (CompressedImage or
 Image) and joint feedback in, BEST_EFFORT depth 1; R1 Lite JointState targets, ~/joint_trajectory,
-~/action_chunk, ~/status (1 Hz and on change), ~/composite_image, ~/chunk_plot out, reliable.
+~/action_chunk, ~/status (1 Hz and on a change of state or cause), ~/composite_image, ~/chunk_plot
+out, reliable. A cause is the reason without its measured numbers (a frame's age changes every tick:
+it is a new value of the same cause, published at 1 Hz, not a change); the log follows the same
+rule.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +85,7 @@ from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fastwam.execution import ChunkExecutor, JointLimits
+from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam_msgs.msg import ActionChunk, PolicyStatus
@@ -86,6 +106,14 @@ ESTOP_QOS = QoSProfile(
 )
 MAX_INFERENCE_FAILURES = 3  # consecutive; then ERROR
 LATENCY_WINDOW = 50  # chunks in the latency median / p95
+DELAY_WINDOW = 10  # chunks in the RTC inference-delay estimate
+EXECUTION_MODES = ("blend", "rtc")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
+
+
+def cause(reason: str) -> str:
+    """The reason without its numbers: what a status or log line changes on (module docstring)."""
+    return _NUMBER.sub("#", reason)
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,24 @@ class FastWAMPolicyNode(Node):
         self.config: RobotConfig = load_robot_config(config_path)
         robot, control = self.config.robot, self.config.control
         self.period = 1.0 / control.rate_hz
+        self._execution = str(self.get_parameter("execution").value)
+        if self._execution not in EXECUTION_MODES:
+            raise ValueError(
+                f"parameter 'execution' must be one of {EXECUTION_MODES}, got {self._execution!r}"
+            )
+        self._rtc_schedule = str(self.get_parameter("rtc_schedule").value)
+        if self._rtc_schedule not in SCHEDULES:
+            raise ValueError(
+                f"parameter 'rtc_schedule' must be one of {SCHEDULES}, got {self._rtc_schedule!r}"
+            )
+        self._rtc_horizon = int(self.get_parameter("rtc_execution_horizon").value)
+        self._rtc_beta = float(self.get_parameter("rtc_max_guidance_weight").value)
+        self._added_latency = float(self.get_parameter("added_latency_s").value)
+        if self._rtc_beta < 0 or self._added_latency < 0:
+            raise ValueError(
+                f"parameters 'rtc_max_guidance_weight' ({self._rtc_beta}) and 'added_latency_s' "
+                f"({self._added_latency}) must be >= 0"
+            )
 
         self._lock = threading.RLock()
         groups = list(dict.fromkeys([*robot.action_groups, *robot.state_groups]))
@@ -142,7 +188,8 @@ class FastWAMPolicyNode(Node):
         self._plan = ChunkExecutor(
             JointLimits.from_robot(robot, control.rate_hz),
             control.rate_hz,
-            control.blend_steps,
+            # An RTC chunk already continues the plan: a cross-fade would only pull it off it.
+            0 if self._execution == "rtc" else control.blend_steps,
             control.replan_steps_left,
         )
         # Lifecycle flags (guarded by _lock); the state is derived from them in _state().
@@ -166,6 +213,7 @@ class FastWAMPolicyNode(Node):
         self._steps_executed = 0
         self._last_step_time = -1.0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._delays: deque[float] = deque(maxlen=DELAY_WINDOW)  # observation stamp -> merge, s
         self._published_state: tuple[int, str, bool] | None = None
         self._logged_state: tuple[int, str] | None = None
         self._policy = None
@@ -276,6 +324,37 @@ class FastWAMPolicyNode(Node):
             "(0: the checkpoint's num_action_samples)",
         )
         declare("warmup_runs", 1, "Inference runs on blank images at start-up before the node is ready")
+        declare(
+            "execution",
+            "blend",
+            "How a new chunk joins the plan being executed: blend (cross-fade over the robot config's "
+            "blend_steps) or rtc (real-time chunking: the chunk is sampled as a continuation of the plan, "
+            "the steps executed during inference frozen to it; eager sampling, slower per chunk)",
+        )
+        declare(
+            "rtc_execution_horizon",
+            0,
+            "rtc: how many leading steps of a new chunk are guided towards the plan (frozen for the "
+            "measured inference delay, then decaying, then free); 0: as far as the plan still reaches",
+        )
+        declare(
+            "rtc_schedule",
+            "exp",
+            "rtc: how the guidance decays after the frozen delay: exp (the paper's soft mask), linear, "
+            "ones (the whole overlap fully guided) or zeros (only the delay)",
+        )
+        declare(
+            "rtc_max_guidance_weight",
+            DEFAULT_MAX_GUIDANCE_WEIGHT,
+            "rtc: the guidance weight's clip beta (the paper uses 5; 0 turns guidance off). Larger "
+            "follows the plan more closely; too large for the step size (beta * step > 2) overshoots",
+        )
+        declare(
+            "added_latency_s",
+            0.0,
+            "Seconds added to every inference before its chunk is merged, to evaluate the execution "
+            "modes under a slower computer (0 on a robot)",
+        )
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         with self._lock:
@@ -430,7 +509,7 @@ class FastWAMPolicyNode(Node):
         if problems:
             self._plan.hold()  # inputs bad: the robot keeps its last target
             return
-        command = self._plan.step()
+        command = self._plan.step(now)
         self._last_step_time = now
         if command is None:
             return
@@ -554,7 +633,7 @@ class FastWAMPolicyNode(Node):
                 self._set_motion(True)
         self.get_logger().info(
             f"ready: horizon {policy.action_horizon} steps at {policy.fps:g} Hz, "
-            f"{policy.num_action_samples} sampler draw(s) per chunk"
+            f"{policy.num_action_samples} sampler draw(s) per chunk, execution {self._execution}"
         )
         self._publish_status(only_on_change=True)
 
@@ -569,9 +648,14 @@ class FastWAMPolicyNode(Node):
                     self._tracker.frame_failed(key, observation.frames[key].seq, message)
             return
         state = robot.join(observation.joints, robot.state_groups) if robot.state_groups else None
+        guide = self._guide(observation.stamp) if self._execution == "rtc" else None
         try:
-            out = self._policy.predict(decoded, state, request.instruction, generator=self._generator)
+            out = self._policy.predict(
+                decoded, state, request.instruction, generator=self._generator, guide=guide
+            )
             actions, timings = out.actions, out.timings_ms
+            if self._added_latency > 0:
+                time.sleep(self._added_latency)
         except Exception as error:  # the model must not take the node down; repeated failure: ERROR
             with self._lock:
                 self._chunks_predicted += 1
@@ -599,6 +683,7 @@ class FastWAMPolicyNode(Node):
                 start = measured if measured is not None else observation.joints
                 self._plan.reset(robot.join(start, robot.action_groups))
             result = self._plan.merge(actions, observation.stamp, now)
+            self._delays.append(now - observation.stamp)
             if not result.accepted:
                 self._hold_reason = f"chunk {sequence} discarded: {result.reason}"
                 self.get_logger().warning(self._hold_reason, throttle_duration_sec=2.0)
@@ -608,10 +693,12 @@ class FastWAMPolicyNode(Node):
                 self._latencies.append(float(timings.get("total", 0.0)))
                 if self._commanding():
                     self._trajectory_pub.publish(self._trajectory(self._plan.plan, now))
-                # The step due now goes out at once; the timer restarts from here.
-                self._last_step_time = -1.0
-                self._control_step(now)
-                self._control_timer.reset()
+                # The step due now goes out at once and the timer restarts from here, unless a
+                # command went out less than half a period ago: then the next tick sends it (a
+                # command right after another is bounded to a tiny move anyway, ChunkExecutor.step).
+                if now - self._last_step_time >= 0.5 * self.period:
+                    self._control_step(now)
+                    self._control_timer.reset()
                 self._chunk_pub.publish(self._chunk_msg(request, actions, timings, sequence, result, now))
         self._publish_status(only_on_change=True)
         # Monitoring after the chunk is applied: composing and drawing stay off the latency path.
@@ -623,6 +710,18 @@ class FastWAMPolicyNode(Node):
             self._publish_image(self._composite_pub, self.config.cameras.compose(decoded), observation.stamp)
         if result.accepted:
             self._publish_plot()
+
+    def _guide(self, stamp: float) -> ChunkGuide | None:
+        """The RTC guide for a chunk predicted from an observation at `stamp`: the plan at the
+        chunk's step times, the delay from recent latencies. None without a plan to continue."""
+        horizon, rate = self._policy.action_horizon, self.config.control.rate_hz
+        with self._lock:
+            targets = self._plan.targets_at(stamp + np.arange(horizon) / rate)
+            delays = list(self._delays)
+        if targets is None or len(targets) == 0:
+            return None
+        d = delay_steps(delays, rate, horizon)
+        return ChunkGuide.for_plan(targets, d, self._rtc_horizon, horizon, self._rtc_schedule, self._rtc_beta)
 
     def _decode(self, frame) -> np.ndarray | str:
         try:
@@ -655,6 +754,16 @@ class FastWAMPolicyNode(Node):
         if self._hold_reason:
             return PolicyStatus.STATE_HOLDING, self._hold_reason
         if self._motion_enabled:
+            if self._plan.exhausted:
+                held = self._plan.exhausted_for(self._now())
+                waiting = "the next chunk is being predicted" if self._busy else "no chunk requested yet"
+                return PolicyStatus.STATE_HOLDING, (
+                    f"plan exhausted {held:.1f} s ago: holding the last target; {waiting} "
+                    f"(inference slower than the {self.config.control.replan_steps_left} steps left "
+                    "at the request)"
+                )
+            if self._plan.plan is None:
+                return PolicyStatus.STATE_HOLDING, "no plan: holding the last target until a chunk lands"
             return PolicyStatus.STATE_EXECUTING, ""
         return PolicyStatus.STATE_DRY_RUN, ""
 
@@ -663,7 +772,7 @@ class FastWAMPolicyNode(Node):
             if self._shutting_down:
                 return
             state, reason = self._state()
-            key = (state, reason, self._motion_enabled)
+            key = (state, cause(reason), self._motion_enabled)
             if only_on_change and key == self._published_state:
                 return
             self._published_state = key
@@ -682,11 +791,21 @@ class FastWAMPolicyNode(Node):
             msg.steps_executed = self._steps_executed
             self._status_pub.publish(msg)
             self._status_text_pub.publish(String(data=status_line(msg)))
-            changed, self._logged_state = (state, reason) != self._logged_state, (state, reason)
+            logged = (state, cause(reason))
+            changed, previous, self._logged_state = logged != self._logged_state, self._logged_state, logged
         if changed:
             text = f"state {_STATE_NAMES[state]}{': ' + reason if reason else ''}"
-            # rclpy loggers fix the severity per call site: one call per severity.
-            if state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_ESTOP, PolicyStatus.STATE_ERROR):
+            # rclpy loggers fix the severity and the throttling per call site: one call per kind.
+            # An exhausted plan can come and go with every chunk on a slow computer: its lines, and
+            # the EXECUTING that ends it, at most every 5 s (the status topic has every change).
+            exhausted = reason.startswith("plan exhausted") or (
+                previous is not None and previous[1].startswith("plan exhausted")
+            )
+            if exhausted and state == PolicyStatus.STATE_HOLDING:
+                self.get_logger().warning(text, throttle_duration_sec=5.0)
+            elif exhausted and state == PolicyStatus.STATE_EXECUTING:
+                self.get_logger().info(text, throttle_duration_sec=5.0)
+            elif state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_ESTOP, PolicyStatus.STATE_ERROR):
                 self.get_logger().warning(text)
             else:
                 self.get_logger().info(text)

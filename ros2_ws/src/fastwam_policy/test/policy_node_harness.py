@@ -49,9 +49,14 @@ def domain_id(offset: int) -> int:
 
 
 def write_test_setup(
-    tmp: Path, raw_cameras: tuple[str, ...] = (), freshness: dict | None = None, horizon: int = 32
+    tmp: Path,
+    raw_cameras: tuple[str, ...] = (),
+    freshness: dict | None = None,
+    horizon: int = 32,
+    **config_overrides,
 ) -> tuple[Path, Path, RobotConfig]:
-    """A robot config (R1 Lite with TEST_LAYOUT) and a matching random tiny checkpoint."""
+    """A robot config (R1 Lite with TEST_LAYOUT) and a matching random tiny checkpoint (model
+    config fields overridden by ``config_overrides``, e.g. ``num_inference_steps=10``)."""
     from fastwam.checkpoint import create_random_checkpoint
 
     data = yaml.safe_load(R1_LITE_YAML.read_text())
@@ -70,6 +75,7 @@ def write_test_setup(
         config.robot,
         control_fps=config.control.rate_hz,
         action_horizon=horizon,
+        **config_overrides,
     )
     return Path(checkpoint), config_path, config
 
