@@ -269,3 +269,33 @@ def test_episodes_past_total_episodes_are_not_read(tmp_path):
     assert ds.episode_indices == [0, 1, 2, 3]
     data = ds.read_episode(3, ["action"])  # shares its data file with the uncommitted episode 4
     np.testing.assert_array_equal(data.columns["action"], episode_arrays(3, 4)["action"])
+
+
+def test_our_writer_writes_the_layout_lerobot_writes(tmp_path):
+    """Our v3.0 writer's files against the LeRobot-layout fixture: the same info.json, data-file
+    schema (types and `huggingface` metadata), episode-metadata columns and types, tasks layout."""
+    from fastwam_training.synthetic import make_v30_dataset
+
+    spec = write_lerobot_v30(tmp_path / "spec", "__index_level_0__", "string")
+    ours = make_v30_dataset(tmp_path / "ours", LENGTHS, chunks_size=2)
+    info_spec, info_ours = (json.loads((r / "meta/info.json").read_text()) for r in (spec, ours))
+    assert set(info_spec) == set(info_ours)
+    assert info_ours["features"] == info_spec["features"]
+    for key in ("codebase_version", "fps", "chunks_size", "data_path", "video_path"):
+        assert info_ours[key] == info_spec[key] and type(info_ours[key]) is type(info_spec[key])
+    data_spec, data_ours = (pq.read_schema(r / "data/chunk-000/file-000.parquet") for r in (spec, ours))
+    assert data_ours.equals(data_spec, check_metadata=False)
+    hf = b"huggingface"
+    assert json.loads(data_ours.metadata[hf]) == json.loads(data_spec.metadata[hf])
+    meta_spec, meta_ours = (
+        pq.read_schema(r / "meta/episodes/chunk-000/file-000.parquet") for r in (spec, ours)
+    )
+    for name in meta_spec.names:  # the fixture carries the action's stats only; ours every feature's
+        assert meta_ours.field(name).type == meta_spec.field(name).type, name
+    assert [n for n in meta_ours.names if not n.startswith("stats/")] == meta_spec.names[
+        :15
+    ] + meta_spec.names[-2:]
+    tasks_spec, tasks_ours = (pq.read_table(r / "meta/tasks.parquet") for r in (spec, ours))
+    assert tasks_ours.schema.equals(tasks_spec.schema, check_metadata=False)
+    pandas = json.loads(tasks_ours.schema.metadata[b"pandas"])
+    assert pandas["index_columns"] == ["__index_level_0__"]
