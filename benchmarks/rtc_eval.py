@@ -321,7 +321,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = load_robot_config(args.robot_config)
     seed0 = EVAL_SEED + 300 if args.seed is None else args.seed  # not the experiment's eval poses
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rtc_eval_") as tmp:
         checkpoint = resolve_checkpoint(args.checkpoint, config, tmp)
         policy = FastWAMPolicy.from_pretrained(checkpoint)
@@ -360,6 +359,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         flush=True,
                     )
     rows = table(episodes, args.latencies, args.modes)
+    out.mkdir(parents=True, exist_ok=True)
     print_table(rows)
     (out / "results.json").write_text(
         json.dumps(
