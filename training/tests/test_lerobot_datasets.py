@@ -347,3 +347,16 @@ def test_legacy_source_timestamp_feature_is_kept_when_appending(tmp_path):
     np.testing.assert_allclose(written["source_timestamp"].to_numpy(), arrays["timestamps"])
     assert not (root / "meta/fastwam_source_timestamps/data/chunk-000/episode_000001.parquet").exists()
     check_episodes_exact(root, (6, 5))
+
+
+def test_bag_converter_refuses_a_fractional_fps_before_writing(tmp_path):
+    from pathlib import Path
+
+    from fastwam.data.bag import convert_bags
+    from fastwam.robot_config import load_robot_config
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_robot_config(repo / "ros2_ws/src/fastwam_bringup/config/r1_lite.yaml")
+    with pytest.raises(ValueError, match=r"--fps.*14.5 is not a whole number of frames per second"):
+        convert_bags([], tmp_path / "ds", config, fps=14.5)
+    assert not (tmp_path / "ds").exists()
