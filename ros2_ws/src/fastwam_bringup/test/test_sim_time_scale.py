@@ -42,9 +42,11 @@ def test_time_scale_3_records_what_real_time_records(tmp_path):
     frame the scripted operator's action for that simulated time, within the frame alignment."""
     result, aligned, wall = _record(tmp_path, 3.0)
     assert result.success and result.recorded
-    # The wall time is about a third of the simulated episode (the recorder's service round trips
-    # and start-up add a little).
-    assert result.duration_s / 6 < wall < result.duration_s / 2, (wall, result.duration_s)
+    # The simulated clock never runs ahead of time_scale x the wall clock (it only waits: a busy
+    # machine makes the episode take longer, never its data differ), so the recording cannot take
+    # less than a third of the episode. How much longer it takes depends on the load: not asserted
+    # (benchmarks/sim_time_scale.py measures it).
+    assert wall >= result.duration_s / 3.0, (wall, result.duration_s)
 
     n = len(aligned.timestamps)
     assert aligned.info["subsample_step"] == 1
