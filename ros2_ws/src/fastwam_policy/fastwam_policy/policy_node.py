@@ -605,6 +605,11 @@ class FastWAMPolicyNode(Node):
                 f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
                 f"{self.config.control.rate_hz:g} Hz"
             )
+        if self._execution == "rtc" and policy.config.variant not in ("fast_wam", "no_cotrain"):
+            raise ValueError(
+                f"execution 'rtc' needs a cached-prefix checkpoint (fast_wam, no_cotrain), this one is "
+                f"{policy.config.variant!r}: use execution 'blend'"
+            )
         samples = int(self.get_parameter("action_samples").value)
         if samples < 0:
             raise ValueError(f"parameter 'action_samples' must be >= 0, got {samples}")

@@ -58,11 +58,16 @@ def _stop(node, spinner, context) -> None:
     rclpy.try_shutdown(context=context)
 
 
-def _expect_error(base, reason: str, checkpoint: Path) -> None:
+def _expect_error(base, reason: str, checkpoint: Path, **params) -> None:
     tmp, _, config_path, config, robot, domain = base
     t = robot.now()
     node, executor, context = _run_node(
-        domain, checkpoint=str(checkpoint), robot_config=str(config_path), device="cpu", motion_enabled=True
+        domain,
+        checkpoint=str(checkpoint),
+        robot_config=str(config_path),
+        device="cpu",
+        motion_enabled=True,
+        **params,
     )
     try:
         assert node.get_name() == "fastwam_policy"
@@ -99,6 +104,28 @@ def test_checkpoint_for_other_cameras_is_refused_at_start(base):
         action_horizon=32,
     )
     _expect_error(base, "camera layout", Path(checkpoint))
+
+
+def test_rtc_with_a_variant_without_cached_prefix_is_refused_at_start(base):
+    tmp, _, _, config, robot, _ = base
+    checkpoint = create_random_checkpoint(
+        tmp / "joint_variant", "tiny", config.cameras, config.robot, action_horizon=32, variant="joint"
+    )
+    _expect_error(base, "execution 'rtc' needs a cached-prefix checkpoint", Path(checkpoint), execution="rtc")
+
+
+def test_unknown_execution_mode_is_refused_at_construction(base):
+    _, checkpoint, config_path, _, _, domain = base
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    params = {"checkpoint": str(checkpoint), "robot_config": str(config_path), "execution": "crossfade"}
+    try:
+        with pytest.raises(ValueError, match="parameter 'execution' must be one of"):
+            FastWAMPolicyNode(
+                context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
+            )
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 def test_missing_checkpoint_is_an_error_status(base):
