@@ -472,11 +472,22 @@ def stage_convert(s: Settings, record: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _checkpoint_format() -> int:
+    from fastwam.checkpoint import FORMAT_VERSION  # imports the model (torch, diffusers): only when needed
+
+    return FORMAT_VERSION
+
+
 def trained_checkpoint(out: str | os.PathLike[str], variant: str) -> Path | None:
     """The last complete checkpoint's model directory of a variant's training run, or None."""
     root = Path(out) / "train" / variant / "checkpoints"
     done = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
-    return done[-1] / "model" if done and (done[-1] / "model" / "checkpoint.json").is_file() else None
+    if not done or not (done[-1] / "model" / "checkpoint.json").is_file():
+        return None
+    # A checkpoint of an earlier format (e.g. 1, the pre-authors action expert) is not this model's:
+    # None, so that the runner and the train stage produce a new one instead of failing to load it.
+    meta = json.loads((done[-1] / "model" / "checkpoint.json").read_text())
+    return done[-1] / "model" if meta.get("format_version") == _checkpoint_format() else None
 
 
 def _train_settings(s: Settings, convert: dict[str, Any], variant: str) -> dict[str, Any]:
@@ -484,6 +495,7 @@ def _train_settings(s: Settings, convert: dict[str, Any], variant: str) -> dict[
         "dataset": _digest(convert["settings"]),
         "train_config": _file_digest(s.train_config),
         "overrides": s.trainer_overrides(variant),
+        "checkpoint_format": _checkpoint_format(),
     }
 
 

@@ -194,3 +194,17 @@ def test_training_config_for_other_cameras_is_refused(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="trains for cameras"):
         sim_experiment.preflight(settings)
+
+
+def test_a_checkpoint_of_an_earlier_format_is_not_taken_as_trained(tmp_path):
+    """A run trained before checkpoint format 2 (the pre-authors action expert) is retrained: the
+    runner's default checkpoint lookup passes over it instead of handing the node a refused file."""
+    from fastwam.checkpoint import FORMAT_VERSION
+
+    step = tmp_path / "train" / "fast_wam" / "checkpoints" / "step_000100"
+    (step / "model").mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    (step / "model" / "checkpoint.json").write_text(json.dumps({"format_version": 1}))
+    assert sim_experiment.trained_checkpoint(tmp_path, "fast_wam") is None
+    (step / "model" / "checkpoint.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    assert sim_experiment.trained_checkpoint(tmp_path, "fast_wam") == step / "model"
