@@ -6,6 +6,7 @@ test does not depend on the shipped experiment configs' tuning."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,3 +209,41 @@ def test_a_checkpoint_of_an_earlier_format_is_not_taken_as_trained(tmp_path):
     assert sim_experiment.trained_checkpoint(tmp_path, "fast_wam") is None
     (step / "model" / "checkpoint.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))
     assert sim_experiment.trained_checkpoint(tmp_path, "fast_wam") == step / "model"
+
+
+@contextlib.contextmanager
+def busy_cores(seconds: float, count: int = 2):
+    """`count` processes spinning a core each (a laptop doing other work), for at most `seconds`
+    (they end themselves), always killed on the way out."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    processes = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_demos_recorded_on_a_busy_machine_convert(tmp_path):
+    """Two scripted demos recorded at the experiment's 3x with both cores busy, then converted:
+    every demo converts (the issue's busy run died here on commands that began late), trimmed only
+    where nothing was commanded, and the verdicts say so."""
+    from fastwam.data.bag import convert_bags, find_bags
+    from fastwam_bringup.run import record_scripted_episodes
+
+    robot = CONFIG_DIR / "r1_lite_sim.yaml"
+    config = load_robot_config(robot)
+    verdicts: list[dict] = []
+    with busy_cores(240.0) as load:
+        results = record_scripted_episodes(robot, tmp_path / "bags", seed=0, episodes=2, time_scale=3.0)
+        added = convert_bags(
+            find_bags([tmp_path / "bags"]), tmp_path / "dataset", config, resize_to_layout=True,
+            log=print, verdicts=verdicts,
+        )  # fmt: skip
+        assert all(p.poll() is None for p in load)  # the load lasted the whole test
+    assert [r.success and bool(r.recorded) for r in results] == [True, True], results
+    assert [v["verdict"] for v in verdicts] == ["converted", "converted"], verdicts
+    assert added == [0, 1]
+    for v in verdicts:  # the operator commands from the recording's start: nothing idle to trim
+        assert v["idle_head_s"] < 0.5 and v["frames"] > 140, v
