@@ -226,12 +226,19 @@ def load_model_weights(model: FastWAM, weights: str | os.PathLike[str], device, 
         state = load_file(str(weights), device=str(device))
     except SafetensorError as error:  # truncated or corrupt: safetensors' message names no file
         raise ValueError(f"{weights}: not a readable safetensors file ({error})") from error
+    return load_state_strict(model, state, weights, device, dtype)
+
+
+def load_state_strict(model: FastWAM, state: Mapping[str, torch.Tensor], source, device, dtype) -> FastWAM:
+    """Load a full state dict into a (meta or real) skeleton: every tensor of the model and nothing
+    else, shapes equal (errors name ``source`` and the keys); AdaLN tables, time MLPs and norms kept
+    in fp32 (``FP32_MODULES``), the rest in ``dtype``."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))
     if missing or unknown:
         raise ValueError(
-            f"{weights}: tensors do not match the model config. "
+            f"{source}: tensors do not match the model config. "
             f"missing keys: [{_describe(missing)}]; unknown keys: [{_describe(unknown)}]"
         )
     bad = [
@@ -240,7 +247,7 @@ def load_model_weights(model: FastWAM, weights: str | os.PathLike[str], device, 
         if state[k].shape != v.shape
     ]
     if bad:
-        raise ValueError(f"{weights}: shape mismatch: {_describe(bad)}")
+        raise ValueError(f"{source}: shape mismatch: {_describe(bad)}")
     state = {k: v.to(_param_dtype(k, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     # RoPE tables are non-persistent buffers: rebuild them for a meta skeleton.
@@ -252,7 +259,7 @@ def load_model_weights(model: FastWAM, weights: str | os.PathLike[str], device, 
     model.to(device)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
-        raise RuntimeError(f"tensors left uninitialised after loading {weights}: {_describe(leftover)}")
+        raise RuntimeError(f"tensors left uninitialised after loading {source}: {_describe(leftover)}")
     return model
 
 

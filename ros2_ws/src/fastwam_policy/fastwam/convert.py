@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from fastwam.checkpoint import save_checkpoint
+from fastwam.checkpoint import load_state_strict, save_checkpoint
 from fastwam.config import VARIANTS, FastWAMConfig, VideoDiTConfig
 from fastwam.config import preset as build_preset
 from fastwam.model.fastwam import FastWAM
@@ -215,24 +215,10 @@ def load_authors_model(
     config = config_from_state(state, base)
     with torch.device("meta"):
         model = FastWAM(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise AuthorsCheckpointError(f"{path}: tensors missing for {_describe(missing)}")
-    bad = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if state[k].shape != v.shape
-    ]
-    if bad:
-        raise AuthorsCheckpointError(f"{path}: shape mismatch {_describe(bad)}")
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    # diffusers' RoPE tables are non-persistent buffers: build them for the meta skeleton.
-    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-
-    rope = model.video.rope
-    model.video.rope = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
-    return model.eval()
+    try:
+        return load_state_strict(model, state, path, "cpu", dtype).eval()
+    except ValueError as error:
+        raise AuthorsCheckpointError(str(error)) from error
 
 
 def read_authors_stats(path: str | os.PathLike[str]) -> NormalizationStats:
