@@ -17,7 +17,13 @@ independently of our writer:
 - meta/tasks.parquet: `save_episode_tasks` builds pd.DataFrame({"task_index": ...}, index=tasks)
   and utils.py `write_tasks` calls DataFrame.to_parquet: column task_index (int64) and the index
   "__index_level_0__", which pandas 3 writes as large_string (what LeRobot 0.4.4 produced on the
-  machine of issue 20).
+  machine of issue 20). data/lerobot_tasks_pandas3.parquet and data/lerobot_tasks_pandas2.parquet
+  are those two lines run by real pandas (3.1.1 and 2.2.3, pyarrow 26.0.1):
+      tasks = ["pick up the cube", "fold the towel"]
+      pd.DataFrame({"task_index": range(len(tasks))}, index=tasks).to_parquet(path)
+- the `huggingface` schema metadata as `datasets` 4.1.1 (LeRobot 0.4 requires datasets>=4) writes
+  it for a Sequence(length=4) feature: {"feature": {...}, "length": 4, "_type": "List"} (checked
+  with datasets 4.1.1's Dataset.from_dict(..., features=...).with_format("arrow")).
 Each camera's file is encoded in one go here (LeRobot stream-copies per-episode mp4s together; the
 frame times are the same), with the lossless codec so that every decoded pixel can be compared.
 """
@@ -25,6 +31,8 @@ frame times are the same), with the lossless codec so that every decoded pixel c
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +62,11 @@ META_FILES = ((0, 0), (0, 0), (0, 0), (0, 1), (0, 1))
 
 
 def text_type(name: str) -> pa.DataType:
-    return {"string": pa.string(), "large_string": pa.large_string(), "string_view": pa.string_view()}[name]
+    kinds = {"string": pa.string(), "large_string": pa.large_string(), "string_view": pa.string_view()}
+    return kinds.get(name, pa.string())
+
+
+DATA = Path(__file__).with_name("data")
 
 
 def write_lerobot_v30(root, task_column="__index_level_0__", task_type="large_string"):
@@ -67,7 +79,7 @@ def write_lerobot_v30(root, task_column="__index_level_0__", task_type="large_st
         "action": {"dtype": "float32", "shape": [4], "names": NAMES},
     }
     hf = {
-        key: {"feature": {"dtype": "float32", "_type": "Value"}, "length": 4, "_type": "Sequence"}
+        key: {"feature": {"dtype": "float32", "_type": "Value"}, "length": 4, "_type": "List"}
         for key in features
     }
     scalars = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64"}
@@ -170,6 +182,8 @@ def write_lerobot_v30(root, task_column="__index_level_0__", task_type="large_st
         ),
     )
     pq.write_table(table, root / "meta/tasks.parquet")
+    if task_type.startswith("pandas"):  # the file real pandas wrote (same two tasks, same indices)
+        shutil.copyfile(DATA / f"lerobot_tasks_{task_type}.parquet", root / "meta/tasks.parquet")
     video_info = {
         "video.height": 32,
         "video.width": 32,
@@ -214,6 +228,8 @@ def write_lerobot_v30(root, task_column="__index_level_0__", task_type="large_st
 @pytest.mark.parametrize(
     "task_column, task_type",
     [
+        ("__index_level_0__", "pandas3"),  # written by pandas 3.1.1 (large_string)
+        ("__index_level_0__", "pandas2"),  # written by pandas 2.2.3 (string)
         ("__index_level_0__", "large_string"),  # pandas 3 (LeRobot 0.4.4 as issue 20 found it)
         ("__index_level_0__", "string"),  # pandas 2
         ("__index_level_0__", "string_view"),

@@ -485,6 +485,9 @@ class _EpisodeWriter:
 
     version = ""
     quantile_stats = False
+    # How the `huggingface` schema metadata names a fixed-length list: "List" is what `datasets` 4
+    # (required by LeRobot 0.4) writes; "Sequence" its older name, which datasets 3 and 4 both read.
+    hf_list_type = "Sequence"
 
     def __init__(
         self,
@@ -656,7 +659,7 @@ class _EpisodeWriter:
                 hf[key] = {
                     "feature": {"dtype": ft["dtype"], "_type": "Value"},
                     "length": width,
-                    "_type": "Sequence",
+                    "_type": self.hf_list_type,
                 }
             arrays.append(array)
             fields.append(pa.field(key, array.type))
@@ -879,6 +882,7 @@ class LeRobotV30Writer(_EpisodeWriter):
 
     version = V30
     quantile_stats = True  # LeRobot 0.4.x statistics add q01 q10 q50 q90 q99
+    hf_list_type = "List"
 
     def __init__(
         self,
