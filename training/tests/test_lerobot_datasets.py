@@ -360,3 +360,22 @@ def test_bag_converter_refuses_a_fractional_fps_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"--fps.*14.5 is not a whole number of frames per second"):
         convert_bags([], tmp_path / "ds", config, fps=14.5)
     assert not (tmp_path / "ds").exists()
+
+
+def test_extra_columns_round_trip_and_must_stay_the_same(tmp_path):
+    writer = LeRobotV30Writer(tmp_path / "ds", 15, "r", CAMERAS, NAMES, NAMES, video_codec="h264_lossless")
+    a, b = episode_arrays(0, 6), episode_arrays(1, 5)
+    grip = np.linspace(0, 1, 6)
+    writer.add_episode(
+        a["frames"], a["state"], a["action"], a["timestamps"], a["task"], extra={"effort": grip}
+    )
+    with pytest.raises(
+        ValueError, match=r"episode 1: extra columns \[\] differ from the dataset's \['effort'\]"
+    ):
+        writer.add_episode(b["frames"], b["state"], b["action"], b["timestamps"], b["task"])
+    writer.add_episode(
+        b["frames"], b["state"], b["action"], b["timestamps"], b["task"], extra={"effort": grip[:5]}
+    )
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert ds.features["effort"] == {"dtype": "float32", "shape": [1], "names": None}
+    np.testing.assert_allclose(ds.read_episode(1, ["effort"]).columns["effort"][:, 0], grip[:5], rtol=1e-6)

@@ -315,3 +315,35 @@ def test_our_writer_writes_the_layout_lerobot_writes(tmp_path):
     assert tasks_ours.schema.equals(tasks_spec.schema, check_metadata=False)
     pandas = json.loads(tasks_ours.schema.metadata[b"pandas"])
     assert pandas["index_columns"] == ["__index_level_0__"]
+
+
+def test_we_append_to_a_dataset_lerobot_wrote(tmp_path):
+    """Our writer continues a LeRobot-written dataset: new files after LeRobot's last ones (as
+    LeRobot does on resume), its tasks kept, every old and new episode read back exactly."""
+    from fastwam.data.lerobot import open_writer
+
+    root = write_lerobot_v30(tmp_path / "ds", "__index_level_0__", "pandas3")
+    writer = open_writer(root, FPS, "synthetic_arm", CAMERAS, NAMES, NAMES, video_codec="h264_lossless")
+    assert writer.version == "v3.0" and writer.num_episodes == len(LENGTHS)
+    new = episode_arrays(5, 8)
+    new["task"] = "stack the cups"
+    assert writer.add_episode(new["frames"], new["state"], new["action"], new["timestamps"], new["task"]) == 5
+    ds = LeRobotDataset(root)
+    assert ds.tasks == {0: "pick up the cube", 1: "fold the towel", 2: "stack the cups"}
+    record = ds.episode(5)
+    assert record.data_file.relative_to(root).as_posix() == "data/chunk-001/file-001.parquet"
+    assert record.video_files[CAMERAS[0]].relative_to(root).as_posix().endswith("chunk-001/file-000.mp4")
+    for e, n in enumerate((*LENGTHS, 8)):
+        src = new if e == 5 else episode_arrays(e, n)
+        data = ds.read_episode(e, ["action"])
+        np.testing.assert_array_equal(data.columns["action"], src["action"])
+        np.testing.assert_array_equal(
+            ds.read_frames(e, CAMERAS[1], data.timestamps), src["frames"][CAMERAS[1]]
+        )
+    # LeRobot's stats.json was absent: rebuilt from the episodes' stats columns, then extended
+    stats = json.loads((root / "meta/stats.json").read_text())
+    assert stats["action"]["count"] == [sum(LENGTHS) + 8]
+    everything = np.concatenate(
+        [episode_arrays(e, n)["action"] for e, n in enumerate(LENGTHS)] + [new["action"]]
+    )
+    np.testing.assert_allclose(stats["action"]["mean"], everything.mean(0), rtol=1e-5)

@@ -546,7 +546,9 @@ class _EpisodeWriter:
         frames: camera key -> uint8 RGB [T, H, W, 3]; state [T, S]; action [T, A]; timestamps [T]
         source times in seconds (strictly increasing; kept in the source-time sidecar, while the
         frames' `timestamp` is the video clock i / fps as LeRobot requires); extra: more per-frame
-        columns, name -> [T] or [T, D] numbers, written as float32 features (declared on first use).
+        columns, name -> [T] or [T, D] numbers, written as float32 features: the first episode
+        declares them, and every later episode must give the same ones (LeRobot's frames all carry
+        every feature).
         """
         index = self.num_episodes
         length, state, action, timestamps, columns = self._check_episode(
@@ -554,6 +556,12 @@ class _EpisodeWriter:
         )
         if not task or not isinstance(task, str):
             raise ValueError(f"episode {index}: task must be a non-empty string")
+        declared = sorted(self._extra_features())
+        if index > 0 and sorted(columns) != declared:
+            raise ValueError(
+                f"episode {index}: extra columns {sorted(columns)} differ from the dataset's {declared}"
+            )
+        features = {k: dict(v) for k, v in self.info["features"].items()}
         for key in self.camera_keys:
             self._declare_video(key, frames[key].shape[1], frames[key].shape[2])
         for name, values in columns.items():
@@ -564,9 +572,16 @@ class _EpisodeWriter:
             staged.commit()
         except BaseException:
             staged.abandon()
+            self.info["features"] = features  # nothing of the episode was committed
             raise
         self._committed()
         return index
+
+    def _extra_features(self) -> list[str]:
+        builtin = {self.state_key, self.action_key, SOURCE_TIMESTAMP, *INDEX_FEATURES}
+        return [
+            k for k, ft in self.info["features"].items() if k not in builtin and ft.get("dtype") != "video"
+        ]
 
     # -- per-format parts --------------------------------------------------------------------
     def _new_info(self) -> dict[str, Any]:
@@ -937,7 +952,20 @@ class LeRobotV30Writer(_EpisodeWriter):
             raise DatasetError(f"{self._meta / 'episodes'}: no metadata row for episode {total - 1}")
         self._last = last
         stats_path = self._meta / "stats.json"
-        self._stats = stats_from_lists(_read_json(stats_path)) if stats_path.is_file() else None
+        if stats_path.is_file():
+            self._stats = stats_from_lists(_read_json(stats_path))
+        else:  # rebuilt from the episodes' own statistics (the stats/<feature>/<stat> columns)
+            per_episode = []
+            for path in sorted((self._meta / "episodes").glob("chunk-*/file-*.parquet")):
+                for row in pq.read_table(path).to_pylist():
+                    if row["episode_index"] < total:
+                        ep: dict[str, dict[str, np.ndarray]] = {}
+                        for name, value in row.items():
+                            if name.startswith("stats/") and value is not None:
+                                key, stat = name[len("stats/") :].rsplit("/", 1)
+                                ep.setdefault(key, {})[stat] = np.asarray(value)
+                        per_episode.append(ep)
+            self._stats = aggregate_stats(per_episode) if per_episode else None
 
     def _write_episode(self, staged, index, length, frames, state, action, timestamps, task, columns) -> None:
         tasks = dict(self.tasks)
