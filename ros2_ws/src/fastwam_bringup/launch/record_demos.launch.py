@@ -5,6 +5,15 @@
 
 With use_sim:=true the simulated R1 Lite's scripted teleoperator performs the fold and drives the
 recorder's services itself (one labelled episode per towel start pose, seeds seed, seed + 1, ...).
+
+The keyboard helper (teleop_keys: s start, y/n save, d d discard, i instruction, q quit) reads
+keys from a terminal, which launch does not give its processes. keyboard:=auto (default) opens
+it in an xterm where there is a display and xterm; otherwise (an SSH session) the launch says to
+run it in a second terminal, where it works over SSH too:
+    ros2 run fastwam_policy teleop_keys --ros-args -p instruction:="fold the towel"
+keyboard:=xterm insists on the xterm (the launch fails, starting nothing, without xterm or a
+display); keyboard:=none never starts it. When the recorder, the simulated robot or the xterm
+helper exits (q), the whole launch shuts down.
 """
 
 from __future__ import annotations
@@ -13,8 +22,18 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+    Shutdown,
+)
+from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
+
+from fastwam_bringup.launch_requirements import SECOND_TERMINAL, check_launch_requirements, keyboard_mode
 
 ARGUMENTS = {
     "robot_config": ("", "robot config YAML (default: fastwam_bringup/config/r1_lite.yaml)"),
@@ -24,7 +43,11 @@ ARGUMENTS = {
     "use_sim": ("false", "simulated R1 Lite with its scripted teleoperator instead of the robot"),
     "episodes": ("20", "scripted episodes to record (use_sim:=true)"),
     "seed": ("0", "first towel start pose seed (use_sim:=true)"),
-    "keyboard": ("true", "start the keyboard helper (teleop_keys) in this terminal"),
+    "keyboard": (
+        "auto",
+        "keyboard helper (teleop_keys): auto (an xterm where there is a display, else a second terminal), "
+        "xterm, or none",
+    ),
 }
 
 
@@ -35,7 +58,26 @@ def _flag(context, name: str) -> bool:
     return value in ("true", "1")
 
 
+def required(action):
+    """[action, the handler that shuts the whole launch down when its process exits]."""
+    return [
+        action,
+        RegisterEventHandler(
+            OnProcessExit(
+                target_action=action,
+                on_exit=[
+                    Shutdown(reason="a required process exited; stopping everything this launch started")
+                ],
+            )
+        ),
+    ]
+
+
 def launch_setup(context, *args, **kwargs):
+    """The actions for the given argument values. Raises LaunchRequirementError, before any action
+    exists, when the keyboard helper cannot run as asked."""
+    keyboard = keyboard_mode(context.launch_configurations["keyboard"])
+    check_launch_requirements(keyboard=keyboard)
     share = get_package_share_directory("fastwam_bringup")
     config_path = context.launch_configurations["robot_config"] or os.path.join(
         share, "config", "r1_lite.yaml"
@@ -45,23 +87,25 @@ def launch_setup(context, *args, **kwargs):
     actions = [
         SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", dds_profile),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile),
-        Node(
-            package="fastwam_policy",
-            executable="recorder_node",
-            name="recorder",
-            output="screen",
-            parameters=[
-                {
-                    "robot_config": config_path,
-                    "output_dir": context.launch_configurations["output_dir"],
-                    "default_instruction": instruction,
-                    "convert_dataset": context.launch_configurations["convert_dataset"],
-                }
-            ],
+        *required(
+            Node(
+                package="fastwam_policy",
+                executable="recorder_node",
+                name="recorder",
+                output="screen",
+                parameters=[
+                    {
+                        "robot_config": config_path,
+                        "output_dir": context.launch_configurations["output_dir"],
+                        "default_instruction": instruction,
+                        "convert_dataset": context.launch_configurations["convert_dataset"],
+                    }
+                ],
+            )
         ),
     ]
     if _flag(context, "use_sim"):
-        actions.append(
+        actions += required(
             Node(
                 package="fastwam_policy",
                 executable="sim_robot_node",
@@ -79,8 +123,8 @@ def launch_setup(context, *args, **kwargs):
                 ],
             )
         )
-    if _flag(context, "keyboard"):
-        actions.append(
+    if keyboard == "xterm":
+        actions += required(
             Node(
                 package="fastwam_policy",
                 executable="teleop_keys",
@@ -91,6 +135,8 @@ def launch_setup(context, *args, **kwargs):
                 parameters=[{"instruction": instruction, "recorder": "/recorder"}],
             )
         )
+    elif not _flag(context, "use_sim"):  # a human operator needs the keys somewhere
+        actions.append(LogInfo(msg=f"no keyboard helper in this launch: {SECOND_TERMINAL}"))
     return actions
 
 

@@ -4,6 +4,15 @@
 
 dry_run is true by default: the policy predicts and publishes for monitoring but commands nothing
 until motion is enabled (dry_run:=false, or the ~/set_motion_enabled service).
+
+Nothing is left behind: the optional parts' packages (rviz2 and rviz_2d_overlay_plugins for
+rviz:=true; ros2 bag with its MCAP storage for record:=true) are checked before any process is
+started, and the launch fails naming what is missing and the argument that needs it; when the
+policy node, the simulated robot, the recorder or the bag recorder exits, the whole launch shuts
+down (RViz may be closed on its own).
+
+A checkpoint for wiring tests in seconds (random weights, nothing folds):
+    python -m fastwam.random_checkpoint /tmp/fastwam_random --robot-config <this robot config>
 """
 
 from __future__ import annotations
@@ -13,10 +22,19 @@ import time
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+    Shutdown,
+)
+from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
 
 from fastwam.robot_config import load_robot_config
+from fastwam_bringup.launch_requirements import check_launch_requirements
 
 ARGUMENTS = {
     "checkpoint": ("", "Fast-WAM checkpoint directory"),
@@ -30,6 +48,7 @@ ARGUMENTS = {
     "dtype": ("auto", "inference dtype (auto, float32, bfloat16, float16)"),
     "compile": ("auto", "inference graphs (auto, none, cudagraph, torch_compile)"),
     "bag_dir": ("~/fastwam_bags", "where ros2 bag record writes (record:=true)"),
+    "output_dir": ("~/fastwam_episodes", "where the recorder node writes its episode bags (record:=true)"),
     "seed": ("0", "towel start pose seed of the simulated robot (use_sim:=true)"),
 }
 
@@ -41,8 +60,25 @@ def _flag(context, name: str) -> bool:
     return value in ("true", "1")
 
 
+def required(action):
+    """[action, the handler that shuts the whole launch down when its process exits]."""
+    return [
+        action,
+        RegisterEventHandler(
+            OnProcessExit(
+                target_action=action,
+                on_exit=[
+                    Shutdown(reason="a required process exited; stopping everything this launch started")
+                ],
+            )
+        ),
+    ]
+
+
 def launch_setup(context, *args, **kwargs):
-    """The actions for the given argument values (OpaqueFunction, so tests can call it directly)."""
+    """The actions for the given argument values (OpaqueFunction, so tests can call it directly).
+    Raises LaunchRequirementError, before any action exists, when an optional part cannot run."""
+    check_launch_requirements(rviz=_flag(context, "rviz"), record=_flag(context, "record"))
     share = get_package_share_directory("fastwam_bringup")
     config_path = context.launch_configurations["robot_config"] or os.path.join(
         share, "config", "r1_lite.yaml"
@@ -53,26 +89,28 @@ def launch_setup(context, *args, **kwargs):
     actions = [
         SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", dds_profile),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile),
-        Node(
-            package="fastwam_policy",
-            executable="policy_node",
-            name="fastwam_policy",
-            output="screen",
-            parameters=[
-                {
-                    "checkpoint": context.launch_configurations["checkpoint"],
-                    "robot_config": config_path,
-                    "instruction": instruction,
-                    "motion_enabled": not _flag(context, "dry_run"),
-                    "device": context.launch_configurations["device"],
-                    "dtype": context.launch_configurations["dtype"],
-                    "compile": context.launch_configurations["compile"],
-                }
-            ],
+        *required(
+            Node(
+                package="fastwam_policy",
+                executable="policy_node",
+                name="fastwam_policy",
+                output="screen",
+                parameters=[
+                    {
+                        "checkpoint": context.launch_configurations["checkpoint"],
+                        "robot_config": config_path,
+                        "instruction": instruction,
+                        "motion_enabled": not _flag(context, "dry_run"),
+                        "device": context.launch_configurations["device"],
+                        "dtype": context.launch_configurations["dtype"],
+                        "compile": context.launch_configurations["compile"],
+                    }
+                ],
+            )
         ),
     ]
     if _flag(context, "use_sim"):
-        actions.append(
+        actions += required(
             Node(
                 package="fastwam_policy",
                 executable="sim_robot_node",
@@ -88,13 +126,19 @@ def launch_setup(context, *args, **kwargs):
             )
         )
     if _flag(context, "record"):
-        actions.append(
+        actions += required(
             Node(
                 package="fastwam_policy",
                 executable="recorder_node",
                 name="recorder",
                 output="screen",
-                parameters=[{"robot_config": config_path, "default_instruction": instruction}],
+                parameters=[
+                    {
+                        "robot_config": config_path,
+                        "default_instruction": instruction,
+                        "output_dir": context.launch_configurations["output_dir"],
+                    }
+                ],
             )
         )
         config = load_robot_config(config_path)
@@ -105,7 +149,7 @@ def launch_setup(context, *args, **kwargs):
             os.path.expanduser(context.launch_configurations["bag_dir"]),
             time.strftime("towel_fold_%Y%m%d_%H%M%S"),
         )
-        actions.append(
+        actions += required(
             ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", bag, *topics], output="screen")
         )
     if _flag(context, "rviz"):

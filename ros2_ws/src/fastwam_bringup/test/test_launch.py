@@ -1,8 +1,9 @@
 """Launch files: what they name exists where colcon installed it, and their descriptions build.
 
 launch/launch_ros are not installable from PyPI, so the launch files are parsed statically (AST)
-everywhere; where launch_ros is importable (a full ROS install, the Docker image) each launch
-description is also built for every combination of its on/off arguments.
+everywhere, and the checks they make before starting anything (fastwam_bringup.launch_requirements)
+are tested as plain Python; where launch and launch_ros import (a full ROS install, the Docker
+image) each launch description is also built for every combination of its on/off arguments.
 """
 
 from __future__ import annotations
@@ -121,19 +122,97 @@ def test_rviz_config_shows_policy_outputs_and_the_configured_cameras():
     assert {"/fastwam_policy/composite_image", "/fastwam_policy/chunk_plot"} <= topics
 
 
-HAVE_LAUNCH = (
-    importlib.util.find_spec("launch") is not None and importlib.util.find_spec("launch_ros") is not None
-)
+def _launch_missing() -> str:
+    """Why launch files cannot be built here ("" when they can). Importing is the test: a partial
+    install (a `launch` namespace directory on the path, launch_ros without its dependencies) has
+    the package names but not working modules."""
+    try:
+        import launch.actions
+        import launch.event_handlers  # noqa: F401
+        import launch_ros.actions  # noqa: F401
+    except Exception as error:  # ImportError, or a dependency of theirs failing to load
+        return f"launch/launch_ros do not import ({type(error).__name__}: {error}); full ROS only"
+    return ""
 
 
-@pytest.mark.skipif(
-    not HAVE_LAUNCH, reason="launch/launch_ros are not installed (not on PyPI; full ROS only)"
-)
+LAUNCH_MISSING = _launch_missing()
+
+
+def test_launch_detection_needs_working_modules():
+    """Here a `launch` directory (ros2_ws/build/fastwam_bringup/launch) may shadow the package: a
+    spec is found, yet nothing imports; the detection must say so rather than fail later."""
+    has_spec = (
+        importlib.util.find_spec("launch") is not None and importlib.util.find_spec("launch_ros") is not None
+    )
+    if not LAUNCH_MISSING:
+        assert has_spec
+    else:
+        assert "do not import" in LAUNCH_MISSING
+
+
+def test_optional_parts_are_checked_before_anything_starts(monkeypatch):
+    from fastwam_bringup.launch_requirements import (
+        LaunchRequirementError,
+        check_launch_requirements,
+        keyboard_mode,
+        package_installed,
+    )
+
+    assert package_installed("fastwam_bringup") and not package_installed("no_such_package_fastwam")
+    check_launch_requirements()  # nothing optional: nothing needed
+    for arguments, packages in (
+        ({"rviz": True}, ["rviz2", "rviz_2d_overlay_plugins"]),
+        ({"record": True}, ["ros2bag", "rosbag2_storage_mcap"]),
+    ):
+        absent = [p for p in packages if not package_installed(p)]
+        argument = f"{next(iter(arguments))}:=true"
+        if not absent:
+            check_launch_requirements(**arguments)
+            continue
+        with pytest.raises(LaunchRequirementError) as error:
+            check_launch_requirements(**arguments)
+        message = str(error.value)
+        assert message.startswith("nothing was started")
+        for package in absent:  # each missing package, with the argument that needs it
+            assert f"{argument} needs the ROS package {package!r}" in message, message
+    # Over SSH (no display): auto chooses the second terminal, xterm is refused naming DISPLAY.
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert keyboard_mode("auto") == "none" and keyboard_mode("true") == "none"
+    with pytest.raises(LaunchRequirementError, match="keyboard:=xterm needs the variable 'DISPLAY'"):
+        check_launch_requirements(keyboard="xterm")
+    with pytest.raises(LaunchRequirementError, match="keyboard must be one of"):
+        keyboard_mode("maybe")
+
+
+def test_required_processes_shut_the_launch_down():
+    """Statically: every node but RViz's is wrapped in required() (an OnProcessExit -> Shutdown)."""
+    for path in LAUNCH_FILES:
+        tree = ast.parse(path.read_text(), str(path))
+        wrapped, bare = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "required":
+                inner = node.args[0]
+                kwargs = {k.arg: _literal(k.value) for k in getattr(inner, "keywords", [])}
+                wrapped.add(kwargs.get("executable") or "ros2 bag")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Node":
+                executable = _literal({k.arg: k.value for k in node.keywords}["executable"])
+                if executable not in wrapped:
+                    bare.add(executable)
+        assert bare <= {"rviz2", "string_to_overlay_text"}, (path.name, bare)
+        text = path.read_text()
+        assert "OnProcessExit" in text and "Shutdown(" in text
+        assert "check_launch_requirements(" in text.split("def launch_setup", 1)[1].split("share =", 1)[0]
+
+
+@pytest.mark.skipif(bool(LAUNCH_MISSING), reason=LAUNCH_MISSING or "launch imports")
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_descriptions_build_for_every_argument_combination(path):
     from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
     from launch_ros.actions import Node
+
+    from fastwam_bringup.launch_requirements import LaunchRequirementError, missing, requirements
 
     spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
     module = importlib.util.module_from_spec(spec)
@@ -147,9 +226,16 @@ def test_launch_descriptions_build_for_every_argument_combination(path):
         context = LaunchContext()
         context.launch_configurations.update({k: v for k, (v, _) in module.ARGUMENTS.items()})
         context.launch_configurations.update(dict(zip(flags, values)))
+        chosen = dict(zip(flags, values))
+        needed = requirements(rviz=chosen.get("rviz") == "true", record=chosen.get("record") == "true")
+        if missing(needed):  # refused before any action exists
+            with pytest.raises(LaunchRequirementError, match="nothing was started"):
+                module.launch_setup(context)
+            continue
         actions = module.launch_setup(context)
         executables = [a.node_executable for a in actions if isinstance(a, Node)]
-        chosen = dict(zip(flags, values))
+        handlers = [a for a in actions if isinstance(a, RegisterEventHandler)]
+        assert len(handlers) == len([e for e in executables if e not in ("rviz2", "string_to_overlay_text")])
         assert ("sim_robot_node" in executables) == (chosen.get("use_sim") == "true")
         if "rviz" in chosen:
             assert ("rviz2" in executables) == (chosen["rviz"] == "true")
