@@ -1,7 +1,8 @@
-"""Checkpoints of the authors' Fast-WAM code (github yuantianyuan01/FastWAM) as our checkpoints.
+"""Checkpoints of the authors' Fast-WAM code (github yuantianyuan01/FastWAM) as our checkpoints, and back.
 
     python -m fastwam.convert authors CKPT.pt --robot-config CONFIG.yaml --stats dataset_stats.json \\
         --preset wan22-5b --wan-dir /models/Wan2.2-TI2V-5B-Diffusers --out DIR
+    python -m fastwam.convert to-authors DIR --out CKPT.pt     # our trained model for their code
 
 Their released checkpoints (``libero_uncond_2cam224.pt``, ``robotwin_uncond_3cam_384.pt``, ...) are
 the payload of their ``FastWAM.save_checkpoint`` (``src/fastwam/models/wan22/fastwam.py``): a torch
@@ -91,6 +92,7 @@ _EMBEDDING_NAMES = {
 _VIDEO_NAMES = {**_EMBEDDING_NAMES, "patch_embedding": "patch_embedding", "head.head": "proj_out",
                 "head.modulation": "scale_shift_table"}  # fmt: skip
 _ACTION_NAMES = {**_EMBEDDING_NAMES, "action_encoder": "action_in", "head": "proj_out"}
+_BLOCK_INVERSE = {ours: theirs for theirs, ours in _BLOCK_NAMES.items()}
 _BRANCHES = {"mixtures.video.": ("video.", _VIDEO_NAMES), "mixtures.action.": ("expert.", _ACTION_NAMES)}
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$|^blocks\.(\d+)\.(modulation)$")
 PAYLOAD_KEYS = {"mot", "proprio_encoder", "step", "torch_dtype", "optimizer"}
@@ -163,6 +165,41 @@ def map_authors_state(payload: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if unmapped:
         raise AuthorsCheckpointError(f"unknown keys in the authors' checkpoint: {_describe(unmapped)}")
     return out
+
+
+def _unrename(inner: str, names: Mapping[str, str]) -> str | None:
+    """Our name inside a branch -> the authors' (the inverse of ``_rename``)."""
+    block = re.match(r"^blocks\.(\d+)\.(.+?)(?:\.(weight|bias))?$", inner)
+    if block:
+        n, stem, leaf = block.groups()
+        if stem == "scale_shift_table":
+            return f"blocks.{n}.modulation"
+        theirs = _BLOCK_INVERSE.get(stem)
+        return None if theirs is None or leaf is None else f"blocks.{n}.{theirs}.{leaf}"
+    top = {ours: theirs for theirs, ours in names.items()}
+    stem, _, leaf = inner.rpartition(".")
+    return top.get(inner) or (f"{top[stem]}.{leaf}" if stem in top else None)
+
+
+def authors_payload(model: FastWAM, step: int = 0) -> dict[str, Any]:
+    """Our model as the authors' ``FastWAM.save_checkpoint`` payload (the inverse of
+    ``map_authors_state``), for their code: ``torch.save(authors_payload(model), "x.pt")``."""
+    mot: dict[str, torch.Tensor] = {}
+    proprio: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().clone()
+        if key.startswith("state_proj."):
+            proprio[key.removeprefix("state_proj.")] = tensor
+            continue
+        branch = next(((p, d, n) for p, (d, n) in _BRANCHES.items() if key.startswith(d)), None)
+        theirs = None if branch is None else _unrename(key[len(branch[1]) :], branch[2])
+        if theirs is None:
+            raise AuthorsCheckpointError(f"no name in the authors' layout for {key!r}")
+        mot[branch[0] + theirs] = tensor
+    payload: dict[str, Any] = {"mot": mot, "step": int(step), "torch_dtype": str(model.dtype)}
+    if proprio:
+        payload["proprio_encoder"] = proprio
+    return payload
 
 
 def config_from_state(state: Mapping[str, torch.Tensor], base: FastWAMConfig) -> FastWAMConfig:
@@ -335,7 +372,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument(
         "--control-fps", type=float, default=15.0, help="rate at which the chunk's actions are executed"
     )
+    b = sub.add_parser("to-authors", help="our checkpoint -> the authors' payload (.pt) for their code")
+    b.add_argument("checkpoint", help="our checkpoint directory")
+    b.add_argument("--out", required=True, help="the .pt file to write")
     args = parser.parse_args(argv)
+    if args.command == "to-authors":
+        from fastwam.checkpoint import load_checkpoint
+
+        try:
+            model = load_checkpoint(args.checkpoint, load_components=False).model
+        except (OSError, ValueError) as error:
+            parser.exit(2, f"error: {error}\n")
+        torch.save(authors_payload(model), args.out)
+        print(f"wrote {args.out}")
+        return 0
     try:
         path = convert_authors_checkpoint(
             args.checkpoint,

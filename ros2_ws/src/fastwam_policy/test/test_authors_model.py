@@ -291,3 +291,15 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, robot_config, capsys):
               str(robot_config), "--preset", "tiny"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_our_checkpoint_exports_to_the_authors_payload_exactly(converted, tmp_path):
+    """authors -> ours -> authors gives back every tensor of their payload under its own name."""
+    original = torch.load(FIXTURE / "fast_wam.pt", weights_only=True)
+    out = tmp_path / "back.pt"
+    assert main(["to-authors", str(converted["fast_wam"]), "--out", str(out)]) == 0
+    back = torch.load(out, weights_only=True)
+    assert back.keys() == {"mot", "proprio_encoder", "step", "torch_dtype"}
+    assert back["mot"].keys() == original["mot"].keys()
+    assert all(torch.equal(back["mot"][k], original["mot"][k]) for k in original["mot"])
+    assert all(torch.equal(back["proprio_encoder"][k], v) for k, v in original["proprio_encoder"].items())
