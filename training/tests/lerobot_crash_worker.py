@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastwam.data import lerobot
+from fastwam.data import dataset_commit, lerobot
 from fastwam_training.synthetic import CAMERAS, episode_arrays
 
 NAMES = ["joint1", "joint2", "joint3", "gripper"]
@@ -31,15 +31,15 @@ def arrange_stop(stop: str, ready: Path) -> None:
         time.sleep(600)
 
     if stop == "staged":
-        lerobot._Commit.commit = lambda self: signal_and_hang()
+        dataset_commit.StagedCommit.commit = lambda self: signal_and_hang()
     elif stop == "renaming":
-        apply = lerobot._apply_moves
+        apply = dataset_commit.apply_moves
 
         def half(root_path, listing):
             apply(root_path, listing[: len(listing) // 2])
             signal_and_hang()
 
-        lerobot._apply_moves = half
+        dataset_commit.apply_moves = half
     else:
         ready.write_text("running\n")
 

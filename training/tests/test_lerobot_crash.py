@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from fastwam.data.lerobot import JOURNAL, LeRobotDataset, open_writer
+from fastwam.data.dataset_commit import JOURNAL
+from fastwam.data.lerobot import LeRobotDataset, open_writer
 from fastwam_training.synthetic import CAMERAS, episode_arrays
 
 WORKER = Path(__file__).with_name("lerobot_crash_worker.py")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fastwam.data.lerobot import DatasetError, LeRobotDataset
+from fastwam.data.lerobot_reader import DatasetError, LeRobotDataset
 from fastwam.data.windows import DatasetKeys
 from fastwam.normalize import NormalizationStats, StatsAccumulator
 

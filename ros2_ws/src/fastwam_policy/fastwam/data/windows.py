@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fastwam.camera import CameraLayout
-from fastwam.data.lerobot import DatasetError, EpisodeData, LeRobotDataset
+from fastwam.data.lerobot_reader import DatasetError, EpisodeData, LeRobotDataset
 
 
 @dataclass(frozen=True)
