@@ -2,6 +2,8 @@
 
 The statistics cover every frame of every episode (a property of the dataset, shared by all runs
 on it) and are stored as fastwam.normalize.NormalizationStats with features "action" and "state".
+Their 1st/99th percentiles are exact; LeRobot's own statistics (meta/stats.json and the episodes'
+stats, written by fastwam.data.lerobot) carry histogram approximations of them instead.
 """
 
 from __future__ import annotations
