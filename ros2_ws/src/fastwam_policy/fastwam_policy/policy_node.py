@@ -594,12 +594,17 @@ class FastWAMPolicyNode(Node):
             checkpoint, device=device, dtype=dtypes[dtype_name], compile=compile_mode
         )
         # Action dims map to joints through the checkpoint's robot spec, checked against the config.
-        policy.robot.check_matches(self.config.robot)
-        if policy.camera_layout != self.config.cameras:
-            raise ValueError(
-                f"checkpoint camera layout {policy.camera_layout.to_dict()} != robot config cameras "
-                f"{self.config.cameras.to_dict()}"
-            )
+        try:
+            policy.robot.check_matches(self.config.robot)
+            if policy.camera_layout != self.config.cameras:
+                raise ValueError(
+                    f"checkpoint camera layout {policy.camera_layout.to_dict()} != robot config cameras "
+                    f"{self.config.cameras.to_dict()}"
+                )
+        except ValueError as error:  # usually the wrong config: name the shipped one that fits
+            from fastwam.robot_config_match import fitting_config_hint
+
+            raise ValueError(f"{error}{fitting_config_hint(policy.robot, policy.camera_layout)}") from None
         if abs(policy.fps - self.config.control.rate_hz) > 1e-6:
             raise ValueError(
                 f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
