@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,23 @@ def test_episode_bag_round_trip_and_metadata(tmp_path, config):
         recorder.stop(save=True, task_success=True)
 
 
+def _complete_messages(data: bytes) -> int:
+    """Messages in the complete chunks of a (possibly truncated) MCAP file's bytes."""
+    import io
+
+    from mcap.exceptions import McapError
+    from mcap.records import Message
+    from mcap.stream_reader import StreamReader
+
+    count = 0
+    try:
+        for record in StreamReader(io.BytesIO(data), skip_magic=False).records:
+            count += isinstance(record, Message)
+    except (McapError, EOFError, ValueError, struct.error):
+        pass  # the unfinished tail
+    return count
+
+
 def test_interrupted_episode_is_recovered_up_to_its_last_chunk(tmp_path, config):
     messages = episode_messages(config, seconds=1.0)
     recorder = EpisodeRecorder(tmp_path, topic_specs(config), flush_period_s=0.05)
@@ -150,15 +168,19 @@ def test_interrupted_episode_is_recovered_up_to_its_last_chunk(tmp_path, config)
     half = len(messages) // 2
     for topic, t, data in messages[:half]:
         recorder.submit(index[topic], t, data)
-    deadline = time.monotonic() + 10
-    while sum(c.written for c in recorder.counters) < half and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # a flush period passes: everything written is on the disk
+    # Wait until the writer thread has flushed everything to the disk: a copy of the file then
+    # holds all `half` messages. Measured on the file, not assumed after a sleep (a busy machine may
+    # not run the writer thread for a while); the deadline only bounds a hang.
+    deadline = time.monotonic() + 60
+    while True:
+        data = (episode.path / f"{episode.name}.mcap").read_bytes()
+        if _complete_messages(data) == half or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     # Freeze the directory as a SIGKILL would leave it, plus a torn record at the end.
     killed = tmp_path / "episode_000999_killed"
     killed.mkdir()
     (killed / "episode.json").write_text((episode.path / "episode.json").read_text())
-    data = (episode.path / f"{episode.name}.mcap").read_bytes()
     (killed / "episode_000999_killed.mcap").write_bytes(data + b"\x06\xff\xff\x00\x00")
     recorder.stop(save=False, task_success=False)
 
