@@ -80,6 +80,10 @@ class TrainSection:
     cpu_threads_file: str | None = None
     # Steps to run in this invocation, then checkpoint and exit (preemptible jobs); None = to max_steps.
     run_steps: int | None = None
+    # none: every process holds the whole model (1 process, or DDP under accelerate launch);
+    # fsdp: weights, gradients and AdamW states sharded across the processes (FSDP2, one unit per
+    # MoT layer pair; fastwam_training.sharding). Needs a multi-process launch (training/README.md).
+    sharding: str = "none"
 
 
 @dataclass
@@ -129,6 +133,8 @@ class ExperimentConfig:
             raise ValueError("config needs robot_config, or both robot and cameras inline")
         if self.train.grad_accum < 1 or self.train.batch_size < 1 or self.train.max_steps < 1:
             raise ValueError("train.batch_size, train.grad_accum and train.max_steps must be >= 1")
+        if self.train.sharding not in ("none", "fsdp"):
+            raise ValueError(f"train.sharding must be none or fsdp, got {self.train.sharding!r}")
         if self.cache.latents and not self.cache.text:
             raise ValueError("cache.latents needs cache.text (training then never runs the encoders)")
 

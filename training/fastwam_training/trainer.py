@@ -1,4 +1,7 @@
-"""The training loop: Hugging Face accelerate (1 process, DDP, FSDP or DeepSpeed), exact resume.
+"""The training loop: Hugging Face accelerate (1 process, DDP, DeepSpeed), FSDP2 sharding, exact resume.
+
+Sharded training (train.sharding=fsdp, fastwam_training.sharding) runs under accelerate's process
+management (any multi-process launch) with the trainer's own FSDP2 units, one per MoT layer pair.
 
 Run directory layout (config.output_dir):
     config.yaml                     the resolved experiment config
@@ -8,6 +11,7 @@ Run directory layout (config.output_dir):
         model/                      fastwam.checkpoint format (what the policy node loads)
         model_ema/                  the EMA weights in the same format (when EMA is on)
         training_state/             accelerate state: weights, optimizer, scheduler, RNG, EMA
+        training_state/sharded/     train.sharding=fsdp: model + optimizer shards (torch.distributed.checkpoint)
         trainer_state.json          step and data position; written last (the commit marker)
 """
 
@@ -33,7 +37,7 @@ from fastwam.data.lerobot import LeRobotDataset
 from fastwam.data.stats import load_or_compute_stats
 from fastwam.data.windows import DatasetKeys, WindowDataset, WindowSpec, split_episodes
 from fastwam.normalize import NormalizationStats, Normalizer
-from fastwam_training import modeling
+from fastwam_training import modeling, sharding
 from fastwam_training.caches import (
     CachedLatentWindows,
     LatentCache,
@@ -151,6 +155,11 @@ class Trainer:
         precision = train.mixed_precision
         if precision == "auto":
             precision = "no" if cpu else "bf16"
+        self.precision = precision
+        self.shards: sharding.ShardedModel | None = None
+        fsdp = train.sharding == "fsdp"
+        if fsdp:
+            sharding.mixed_precision(precision)  # refuses fp16 before anything is built
         self.cpu_threads = CpuThreads(
             train.cpu_threads, config.resolve_path(train.cpu_threads_file) if train.cpu_threads_file else None
         )
@@ -162,7 +171,8 @@ class Trainer:
         self.has_trackers = bool(trackers)
         self.accelerator = accelerator or Accelerator(
             cpu=cpu,
-            mixed_precision=precision,
+            # Sharded: FSDP2's policy casts (fp32 master shards, bf16 compute), not accelerate's autocast.
+            mixed_precision="no" if fsdp else precision,
             gradient_accumulation_steps=train.grad_accum,
             log_with=trackers or None,
             project_config=ProjectConfiguration(
@@ -170,6 +180,14 @@ class Trainer:
             ),
         )
         acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            raise ValueError(
+                "accelerate's own FSDP (distributed_type: FSDP) cannot form units that match the Fast-WAM "
+                "layer loop: launch with training/accelerate/fsdp.yaml (processes only) and "
+                "train.sharding=fsdp (training/README.md, multi-GPU)"
+            )
+        if fsdp and acc.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("train.sharding=fsdp under a DeepSpeed launch config: use one or the other")
         set_seed(config.seed, device_specific=False)
         self.robot, self.layout = config.robot_and_cameras()
 
@@ -226,9 +244,25 @@ class Trainer:
         self._setup_caches()
 
         # -- optimization --------------------------------------------------------------------------
+        if fsdp:
+            if train.ema_decay:
+                raise ValueError(
+                    "train.ema_decay: EMA needs whole local weights (1 process, DDP, ZeRO-2), not FSDP"
+                )
+            self.loss_module = LossModule(self.model)
+            # The parameters become DTensor shards here: the optimizer is built on them afterwards.
+            self.shards = sharding.shard(self.loss_module, self.model, acc.device, precision)
+            self.optimizer = build_optimizer(self.loss_module.parameters(), train)
+            self.scheduler = build_scheduler(self.optimizer, train)
+            self.ema = None
+            acc.register_for_checkpointing(self.scheduler)  # accelerate saves it and the RNG states
+            self.step = 0
+            if config.checkpoint.resume:
+                self.resume(config.checkpoint.resume)
+            return
         self.optimizer = build_optimizer(self.model.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
-        sharded = acc.distributed_type == DistributedType.FSDP
+        sharded = False
         if acc.distributed_type == DistributedType.DEEPSPEED:
             ds = acc.state.deepspeed_plugin
             sharded = ds.zero_stage == 3
@@ -328,9 +362,15 @@ class Trainer:
         }
 
     def step_generator(self, step: int, micro: int) -> torch.Generator:
-        """Noise and timesteps of a micro-batch depend only on (seed, step, micro, rank): exact resume."""
+        """Noise and timesteps of a micro-batch depend only on (seed, step, slot): exact resume.
+
+        The slot is the micro-batch's place in the step's global batch, micro * processes + rank:
+        the same place the sampler gives its samples, so P processes with grad_accum G draw the same
+        samples and noise as 1 process with grad_accum G * P (what the sharded test compares)."""
         acc = self.accelerator
-        seed = ((self.config.seed * 1_000_003 + step) * 131 + micro) * 4099 + acc.process_index
+        slot = micro * acc.num_processes + acc.process_index
+        slots = max(131, self.config.train.grad_accum * acc.num_processes)  # 131: the 1-process seeds of old
+        seed = ((self.config.seed * 1_000_003 + step) * slots + slot) * 4099
         return torch.Generator(device=acc.device).manual_seed(seed % (2**63))
 
     # -- training ------------------------------------------------------------------------------------
@@ -365,6 +405,11 @@ class Trainer:
             totals = {"loss": 0.0, "action_loss": 0.0, "video_loss": 0.0}
             for micro in range(train.grad_accum):
                 batch = next(loader)
+                if self.shards is not None:
+                    losses = self._sharded_micro_step(batch, micro, last=micro == train.grad_accum - 1)
+                    for key in totals:
+                        totals[key] += float(losses[key].detach()) / train.grad_accum
+                    continue
                 with acc.accumulate(self.loss_module):
                     inputs = self.model_inputs(batch, self.step_generator(self.step, micro))
                     with acc.autocast():
@@ -406,12 +451,33 @@ class Trainer:
         acc.end_training()
         return history
 
+    def _sharded_micro_step(self, batch: dict[str, Any], micro: int, last: bool) -> dict[str, torch.Tensor]:
+        """FSDP2: forward/backward of one micro-batch (gradients reduce-scattered to the shards as they
+        are produced); after the last, clip by the global norm and step the sharded optimizer."""
+        train = self.config.train
+        assert self.shards is not None
+        inputs = self.model_inputs(batch, self.step_generator(self.step, micro))
+        losses = self.loss_module(**inputs)
+        (losses["loss"] / train.grad_accum).backward()
+        if last:
+            if train.grad_clip > 0:
+                sharding.clip_grad_norm_(self.shards, train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        if self.shards is None:
+            return self._validate()
+        with sharding.gathered(self.shards):  # sampling drives the blocks outside the FSDP units
+            return self._validate()
+
+    def _validate(self) -> dict[str, float]:
         """Held-out episodes: losses and sampled-action error (normalized and physical units)."""
         cfg, acc = self.config, self.accelerator
         assert self.val_windows is not None
-        model = acc.unwrap_model(self.loss_module).model
+        model = self.model if self.shards is not None else acc.unwrap_model(self.loss_module).model
         was_training = model.training
         model.eval()
         n = len(self.val_windows)
@@ -464,7 +530,11 @@ class Trainer:
         path = self.checkpoint_root / f"step_{self.step:07d}"
         acc.wait_for_everyone()
         acc.save_state(str(path / "training_state"))
-        state_dict = acc.get_state_dict(self.loss_module)  # gathered full weights (FSDP/ZeRO-3 safe)
+        if self.shards is not None:
+            sharding.save(path / "training_state" / "sharded", self.shards, self.optimizer)
+            state_dict = sharding.full_state_dict(self.shards)  # whole weights on rank 0
+        else:
+            state_dict = acc.get_state_dict(self.loss_module)  # gathered full weights (ZeRO-3 safe)
         if acc.is_main_process:
             prefix = "model."
             weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -478,6 +548,7 @@ class Trainer:
                 "step": self.step,
                 "micro_batches": self.step * cfg.train.grad_accum,
                 "num_processes": acc.num_processes,
+                "sharding": cfg.train.sharding,
                 "config": cfg.to_dict(),
             }
             (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
@@ -531,7 +602,15 @@ class Trainer:
         saved_stats = NormalizationStats.load(path / "stats.json")
         if saved_stats.to_dict() != self.stats.to_dict():
             raise ValueError(f"{path}: normalization statistics differ from {self.stats_path}")
+        saved_sharding = state.get("sharding", "none")
+        if saved_sharding != self.config.train.sharding:
+            raise ValueError(
+                f"{path}: saved with train.sharding={saved_sharding}, resuming with "
+                f"{self.config.train.sharding} (start from its exported model instead: model.init_checkpoint)"
+            )
         self.accelerator.load_state(str(path / "training_state"))
+        if self.shards is not None:
+            sharding.load(path / "training_state" / "sharded", self.shards, self.optimizer)
         self.step = int(state["step"])
 
 

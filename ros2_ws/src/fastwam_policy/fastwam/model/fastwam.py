@@ -111,6 +111,11 @@ class FastWAM(nn.Module):
             init_expert_from_video(self.expert, self.video)
         self.state_proj = nn.Linear(config.state_dim, config.video.text_dim) if config.state_dim > 0 else None
         self.gradient_checkpointing = False
+        # Training under FSDP (fastwam_training.sharding): one callable per layer, (blocks, streams,
+        # mask) -> new residual streams, that the uncached MoT loop calls instead of the plain layer
+        # function, so that each layer pair is one module call (an FSDP unit that gathers the pair's
+        # sharded weights). A plain list, not submodules: nothing enters the state dict. None = off.
+        self.layer_runners: list[Callable] | None = None
         # Inference: "none" | "cudagraph" | "torch_compile" (see fastwam.model.action_loop); the
         # static action loops are plain attributes (not modules: nothing enters the state dict).
         self.compile_mode = "none"
@@ -233,10 +238,11 @@ class FastWAM(nn.Module):
             if xa is not None:
                 streams.append(Stream(xa, proj_a, rope_a, **ctx.expert_stream_kwargs(layer)))
                 blocks.append(ab)
+            run = self.layer_runners[layer] if self.layer_runners is not None else _layer_outputs
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                new = checkpoint(_layer_outputs, blocks, streams, mask, use_reentrant=False)
+                new = checkpoint(run, blocks, streams, mask, use_reentrant=False)
             else:
-                new = _layer_outputs(blocks, streams, mask)
+                new = run(blocks, streams, mask)
             xv = new[0]
             xa = new[1] if xa is not None else None
         f = video_latents.shape[2]
