@@ -421,6 +421,11 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 for key in totals:
                     totals[key] += float(losses[key].detach()) / train.grad_accum
+            if acc.num_processes > 1:
+                # Logged: the whole global batch's losses (each process computed its share), so the
+                # curve of P processes x grad_accum G is that of 1 process x G * P (step_generator).
+                local = torch.tensor(list(totals.values()), device=acc.device, dtype=torch.float64)
+                totals = dict(zip(totals, acc.reduce(local, reduction="mean").tolist(), strict=True))
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update()

@@ -30,6 +30,7 @@ def main() -> None:
     acc = trainer.accelerator
     assert acc.num_processes == 2, f"expected 2 processes, got {acc.num_processes}"
     initial = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).clone()
+    first_batch = next(iter(trainer.train_loader(start=0).batch_sampler))  # this process's samples
     history = trainer.train()
     final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     torch.save(
@@ -37,6 +38,7 @@ def main() -> None:
             "initial": initial,
             "final": final,
             "losses": [r["loss"] for r in history],
+            "first_batch": first_batch,
             "device": str(acc.device),
         },
         out / f"rank{acc.process_index}.pt",
