@@ -16,7 +16,7 @@ branches of a layer share one attention, so the layer needs both at once; one al
 whose gather / free is driven by a per-layer runner that ``FastWAM.forward_tokens`` calls
 (``FastWAM.layer_runners``; registered with ``register_fsdp_forward_method``, the public FSDP2
 hook for a forward that is not ``Module.forward``). Everything else (patch and condition
-embedders, heads, state projection: ~4 % of wan22-5b) is the root unit, gathered for the whole
+embedders, heads, state projection: 103 M of wan22-5b's 6.02 B) is the root unit, gathered for the whole
 forward. Activation checkpointing (``train.gradient_checkpointing``) wraps the runner call per layer;
 FSDP2 re-gathers the pair for the recomputation in backward.
 

@@ -76,6 +76,13 @@ def main() -> None:
         "block_is_dtensor": isinstance(model.video.blocks[0].attn1.to_q.weight, DTensor),
         "expert_is_dtensor": isinstance(model.expert.blocks[0].ffn.net[0].proj.weight, DTensor),
         "seen": seen,
+        # AdamW's two moments, as this process holds them after the step.
+        "optimizer_local_numel": sum(
+            (v.to_local() if isinstance(v, DTensor) else v).numel()
+            for state in trainer.optimizer.state.values()
+            for k, v in state.items()
+            if k in ("exp_avg", "exp_avg_sq")
+        ),
     }
 
     # -- B: resume the CLI run from step 2 into another folder -----------------------------------------

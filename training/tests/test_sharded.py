@@ -103,6 +103,7 @@ def test_fsdp_two_processes_shard_match_single_process_resume_and_export(tmp_pat
     for p in (p0, p1):
         assert 0.4 < p["local_numel"] / total < 0.6, p["local_numel"] / total
         assert p["block_is_dtensor"] and p["expert_is_dtensor"]
+        assert p["optimizer_local_numel"] == 2 * p["local_numel"]  # AdamW states sharded alike
         # Layer 1 runs with its weights gathered while layer 0 is already sharded again, in the
         # forward and in the recomputation under activation checkpointing.
         assert len(p["seen"]) == 2 and all(first and not second for first, second in p["seen"])
@@ -117,3 +118,19 @@ def test_fsdp_two_processes_shard_match_single_process_resume_and_export(tmp_pat
     assert c0["optimizer_state_dtypes"] == ["torch.float32"]
     assert c0["compute_dtypes"] == ["torch.bfloat16"]
     assert all(torch.isfinite(torch.tensor(c0["losses"])))
+
+
+def test_sharding_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match="train.sharding must be none or fsdp"):
+        from_dict(experiment_dict(tmp_path, tmp_path, train={"sharding": "zero3"}))
+    dataset = make_v21_dataset(tmp_path / "ds", (10, 9))
+
+    def config(**train):
+        return from_dict(experiment_dict(dataset, tmp_path / "run", train={"sharding": "fsdp", **train}))
+
+    with pytest.raises(ValueError, match="fp16 needs a loss scaler"):
+        Trainer(config(mixed_precision="fp16"))
+    with pytest.raises(ValueError, match="EMA needs whole local weights"):
+        Trainer(config(ema_decay=0.99))
+    with pytest.raises(RuntimeError, match="needs a distributed launch"):
+        Trainer(config())  # one plain process: nothing to shard across
