@@ -155,7 +155,6 @@ class Trainer:
         precision = train.mixed_precision
         if precision == "auto":
             precision = "no" if cpu else "bf16"
-        self.precision = precision
         self.shards: sharding.ShardedModel | None = None
         fsdp = train.sharding == "fsdp"
         if fsdp:
