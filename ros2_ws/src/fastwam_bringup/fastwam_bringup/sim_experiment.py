@@ -134,7 +134,8 @@ class Settings:
         if overlap:
             raise ValueError(
                 f"evaluation seeds {held_out.start}..{held_out.stop - 1} overlap the training seeds "
-                f"{train.start}..{train.stop - 1} (e.g. {overlap[0]}): choose another --eval-seed"
+                f"{train.start}..{train.stop - 1} (the demos' and up to {self.max_extra_demos} replacements', "
+                f"e.g. {overlap[0]}): choose another --eval-seed"
             )
 
     @property

@@ -1,8 +1,11 @@
 """The simulation experiment end to end, reduced: 2 scripted demos through the recorder node (the
-first seed's fails: a third seed is recorded in its place), the converter, the trainer (fast_wam and no_cotrain side by side in subprocesses, tiny preset via
-overrides), a random-init baseline, one closed-loop episode per model through the policy node, the report; then a re-run that skips every
-stage. Real processes and nodes, no mocks. The robot and training configs are written here so the
-test does not depend on the shipped experiment configs' tuning."""
+first seed's fails: a third seed is recorded in its place), the converter, the trainer (fast_wam
+and no_cotrain side by side in subprocesses, tiny preset via overrides), first failing (a bad
+learning rate), then re-run cleanly with the recording and dataset kept, a random-init baseline,
+one closed-loop episode per model through the policy node, the report; then a re-run that skips
+every stage. Demos recorded on a busy machine (bounded busy loops) convert. Real processes and
+nodes, no mocks. The robot and training configs are written here so the test does not depend on
+the shipped experiment configs' tuning."""
 
 from __future__ import annotations
 
@@ -90,11 +93,20 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
         "--train-override", "model.preset=tiny", "--train-override", "model.overrides={action_horizon: 32}",
         "--eval-episodes", "1", "--eval-seed", "1000", "--eval-timeout-s", "2",
     ]  # fmt: skip
+    # A stage that fails (training with a negative learning rate: the trainer's optimizer refuses it
+    # while the caches are built) ends the run with an error naming it; the stages before it are kept.
+    failed = _run([*argv, "--train-override", "train.lr=-1"])
+    assert failed.returncode == 1, (failed.stdout + failed.stderr)[-6000:]
+    assert "error: building the training caches failed" in failed.stderr, failed.stderr[-3000:]
+    assert "Invalid learning rate: -1.0" in failed.stderr
+    assert {p.name for p in (out / "stages").iterdir()} == {"record.json", "convert.json"}
+    # The re-run with good settings does the failed stage and the rest cleanly, the rest skipped.
     first = _run(argv)
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-6000:]
     for stage in range(1, 7):
         assert f"== [{stage}/6]" in first.stdout, first.stdout
+    log += failed.stdout + failed.stderr  # the recording's messages are the failed run's
 
     # record: one bag per demo, labelled; seed 0 failed, is kept, and seed 2 was recorded instead
     bags = sorted(p for p in (out / "bags").iterdir() if p.is_dir())
@@ -111,7 +123,13 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     dataset = LeRobotDataset(out / "dataset")
     convert = json.loads((out / "stages" / "convert.json").read_text())
     assert convert["converted_during_recording"] == 2, convert
-    assert len(list((out / "cache").glob("*/latents/episode_*.safetensors"))) == 2
+    latents = list((out / "cache").glob("*/latents/episode_*.safetensors"))
+    # Both episodes under the failed run's cache key (the follower's, during its recording) and
+    # under the re-run's (its overrides differ, so its caches are its own).
+    by_key = {
+        key: [p for p in latents if p.parents[1].name == key] for key in {p.parents[1].name for p in latents}
+    }
+    assert sorted(len(v) for v in by_key.values()) == [2, 2], latents
     assert dataset.episode_indices == [0, 1]
     assert dataset.total_frames > 2 * 100  # ~10 s demos at 15 Hz
     assert dataset.feature("observation.images.head")["shape"][:2] == [128, 160]
@@ -152,7 +170,14 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
         assert isinstance(row["chunk_latencies_ms"], list) and row["commands"] >= 0
         assert row["sampler_seed"] == row["seed"]  # read back from the policy node
     assert set(results["stage_timings"]) == {"record", "convert", "train", "random", "eval"}
-    assert all(t["status"] == "ran" for t in results["stage_timings"].values()), results["stage_timings"]
+    statuses = {stage: t["status"] for stage, t in results["stage_timings"].items()}
+    assert statuses == {
+        "record": "skipped",
+        "convert": "skipped",
+        "train": "ran",
+        "random": "ran",
+        "eval": "ran",
+    }
     report = (out / "report.md").read_text()
     assert f"| fast_wam | {STEPS} | " in report and f"| no_cotrain | {STEPS} | " in report, report
     assert "| random_init | 0 | " in report, report
@@ -182,7 +207,10 @@ def test_overlapping_evaluation_seeds_are_refused(tmp_path):
         ["--out", str(tmp_path / "x"), "--robot-config", str(robot), "--train-config", str(train),
          "--demos", "5", "--eval-seed", "3"]
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"evaluation seeds 3\.\.12 overlap the training seeds 0\.\.4"):
+    with pytest.raises(
+        ValueError,
+        match=r"evaluation seeds 3\.\.12 overlap the training seeds 0\.\.6 \(the demos' and up to 2 replacements'",
+    ):
         settings.check()
     assert not (tmp_path / "x").exists()
 
