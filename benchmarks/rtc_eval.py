@@ -254,6 +254,8 @@ def plot(rows: list[dict], latencies, modes, path: Path, title: str) -> None:
         ax.set_xticks(x, [f"{lat:g} s" for lat in latencies])
         ax.set_xlabel("inference latency")
         ax.set_title(label, fontsize=9)
+        if key == "success_rate":
+            ax.set_ylim(0, 1)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.latencies,
         args.modes,
         out / "rtc_eval.png",
-        f"{Path(checkpoint).name}: {args.episodes} poses",
+        f"{'/'.join(Path(checkpoint).parts[-4:])}: {args.episodes} held-out poses",
     )
     print(f"wrote {out / 'results.json'} and {out / 'rtc_eval.png'}")
     return rows
