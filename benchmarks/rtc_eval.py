@@ -58,6 +58,10 @@ class Episode:
     accel_mean: float = 0.0
     jerk_mean: float = 0.0
     hold_steps: int = 0  # control steps with no command (plan exhausted)
+    # At each merge: the new chunk's step due now against the old plan's target for now (max over
+    # arm joints, rad): raw = the chunk as sampled (what RTC guides), plan = after blending.
+    gap_raw: list[float] = field(default_factory=list)
+    gap_plan: list[float] = field(default_factory=list)
 
 
 def smoothness(commands: np.ndarray, merges: list[int], rate: float) -> dict[str, float]:
@@ -102,6 +106,7 @@ def run_episode(policy, env, config, mode: str, latency: float, seed: int, args)
     delays: deque[float] = deque(maxlen=10)
     pending = None  # (lands_at, stamp, actions)
     commands, merges, model_ms, chunks, holds = [], [], [], 0, 0
+    gaps: tuple[list[float], list[float]] = ([], [])
     step = 0
     completion = None
     while step * dt < args.timeout - 1e-9:
@@ -110,8 +115,13 @@ def run_episode(policy, env, config, mode: str, latency: float, seed: int, args)
             _, stamp, actions = pending
             pending = None
             delays.append(now - stamp)
-            if executor.merge(actions, stamp, now).accepted:
+            old = executor.targets_at(np.array([now]))
+            result = executor.merge(actions, stamp, now)
+            if result.accepted:
                 merges.append(step)
+                if old is not None and len(old):
+                    gaps[0].append(float(np.abs(actions[result.steps_skipped] - old[0])[arm_dims].max()))
+                    gaps[1].append(float(np.abs(executor.plan[0] - old[0])[arm_dims].max()))
         if pending is None and executor.needs_chunk:
             guide = None
             if mode == "rtc":
@@ -143,6 +153,7 @@ def run_episode(policy, env, config, mode: str, latency: float, seed: int, args)
             break
     ep = Episode(mode, latency, seed, completion is not None, completion, float(env.progress), chunks)
     ep.model_ms, ep.hold_steps = model_ms, holds
+    ep.gap_raw, ep.gap_plan = gaps
     for key, value in smoothness(np.array(commands), merges, rate).items():
         setattr(ep, key, value)
     return ep
@@ -187,6 +198,10 @@ def cost_per_chunk(policy, env, args, n: int) -> dict[str, float]:
 EVAL_SEED_COST = 123
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
 def table(episodes: list[Episode], latencies, modes) -> list[dict]:
     rows = []
     for latency in latencies:
@@ -207,6 +222,8 @@ def table(episodes: list[Episode], latencies, modes) -> list[dict]:
                     "accel_mean": statistics.mean(e.accel_mean for e in eps),
                     "jerk_mean": statistics.mean(e.jerk_mean for e in eps),
                     "hold_steps": sum(e.hold_steps for e in eps),
+                    "gap_raw_mean": _mean([g for e in eps for g in e.gap_raw]),
+                    "gap_plan_mean": _mean([g for e in eps for g in e.gap_plan]),
                     "model_ms_median": statistics.median(m for e in eps for m in e.model_ms),
                 }
             )
@@ -216,7 +233,8 @@ def table(episodes: list[Episode], latencies, modes) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'latency':>7} {'mode':>5} {'success':>7} {'t_done':>6} | {'acc@b max':>9} {'mean':>7} | "
-        f"{'jerk@b max':>10} {'mean':>8} | {'acc mean':>8} {'jerk mean':>9} | {'holds':>5} {'ms/chunk':>8}"
+        f"{'jerk@b max':>10} {'mean':>8} | {'acc mean':>8} {'jerk mean':>9} | {'gap raw':>7} {'plan':>6} | "
+        f"{'holds':>5} {'ms/chunk':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -226,7 +244,8 @@ def print_table(rows: list[dict]) -> None:
             f"{r['latency_s']:>7.2f} {r['mode']:>5} {r['success']:>7} {done:>6} | "
             f"{r['accel_boundary_max']:>9.2f} {r['accel_boundary_mean']:>7.2f} | "
             f"{r['jerk_boundary_max']:>10.1f} {r['jerk_boundary_mean']:>8.1f} | "
-            f"{r['accel_mean']:>8.2f} {r['jerk_mean']:>9.1f} | {r['hold_steps']:>5} {r['model_ms_median']:>8.0f}"
+            f"{r['accel_mean']:>8.2f} {r['jerk_mean']:>9.1f} | {r['gap_raw_mean']:>7.3f} "
+            f"{r['gap_plan_mean']:>6.3f} | {r['hold_steps']:>5} {r['model_ms_median']:>8.0f}"
         )
 
 
@@ -241,6 +260,7 @@ def plot(rows: list[dict], latencies, modes, path: Path, title: str) -> None:
         ("accel_boundary_max", "max joint accel at boundaries (rad/s²)"),
         ("jerk_boundary_max", "max joint jerk at boundaries (rad/s³)"),
         ("jerk_boundary_mean", "mean joint jerk at boundaries (rad/s³)"),
+        ("gap_raw_mean", "new chunk vs old plan at the merge (rad)"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     width = 0.8 / len(modes)
