@@ -338,7 +338,9 @@ class RecordingFollower:
         ctx = multiprocessing.get_context("spawn")  # no forked rclpy / torch state
         self.stop = ctx.Event()
         overrides = s.trainer_overrides(s.variants[0])
-        args = (s.out / "bags", s.out / "dataset", s.robot_config, s.train_config, overrides, self.stop)
+        args = (
+            s.out / "bags", s.out / "dataset", s.robot_config, s.train_config, overrides, self.stop, os.getpid()
+        )  # fmt: skip
         self.process = ctx.Process(
             target=_follow_recording, args=args, name="recording-follower", daemon=True
         )
@@ -379,10 +381,14 @@ def _saved_bags(bags: Path, seen: set[str]) -> list[Path]:
 
 
 def _follow_recording(
-    bags: Path, dataset: Path, robot_config: Path, train_config: Path, overrides, stop
+    bags: Path, dataset: Path, robot_config: Path, train_config: Path, overrides, stop, parent: int
 ) -> None:
     """RecordingFollower's process: convert saved bags in recording order and cache their latents,
-    until `stop` is set and every saved bag is done."""
+    until `stop` is set and every saved bag is done, or until the experiment process is gone.
+
+    ``daemon=True`` ends it only when the parent exits normally; a parent killed by a signal (Ctrl-C
+    on a busy machine, ``kill``, the OOM killer) would leave it converting into a directory the next
+    run deletes and rewrites, so it also stops once it is no longer the parent's child."""
     import torch
 
     from fastwam.data.bag import convert_bags
@@ -393,7 +399,7 @@ def _follow_recording(
     config = load_robot_config(robot_config)
     prepare_caches = CachePreparer(load_config(train_config, overrides))  # the encoders, built once
     seen: set[str] = set()
-    while True:
+    while os.getppid() == parent:  # reparented: the experiment process died without stopping us
         stopping = stop.is_set()  # read first: bags saved before the stop are then all found
         ready = _saved_bags(bags, seen)
         if ready:

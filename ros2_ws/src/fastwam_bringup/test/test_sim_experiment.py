@@ -13,8 +13,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,43 @@ def test_demos_recorded_on_a_busy_machine_convert(tmp_path):
     assert added == [0, 1]
     for v in verdicts:  # the operator commands from the recording's start: nothing idle to trim
         assert v["idle_head_s"] < 0.5 and v["frames"] > 140, v
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented child that exited may wait unreaped in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_the_follower_stops_when_the_experiment_process_is_killed(tmp_path):
+    """A SIGKILLed experiment (no atexit, so daemon=True does nothing) does not leave its recording
+    follower converting into a directory that the next run deletes and rewrites."""
+    robot, train = _configs(tmp_path)
+    out = tmp_path / "experiment"
+    (out / "bags").mkdir(parents=True)
+    script = (
+        "import time\nfrom pathlib import Path\nfrom fastwam_bringup import sim_experiment\n"
+        f"s = sim_experiment.Settings(out=Path({str(out)!r}), robot_config=Path({str(robot)!r}), "
+        f"train_config=Path({str(train)!r}))\n"
+        "follower = sim_experiment.RecordingFollower(s).__enter__()\n"
+        "print(follower.process.pid, flush=True)\ntime.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        assert _running(child)
+        parent.kill()
+        parent.wait()
+        # It notices at its next poll (0.5 s), after building its encoders (seconds; more under load).
+        deadline = time.monotonic() + 180.0
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(child), "the follower outlived the killed experiment process"
+    finally:
+        parent.kill()
+        if child is not None and _running(child):
+            os.kill(child, signal.SIGKILL)
