@@ -22,6 +22,7 @@ node (the simulation experiment uses both).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -607,8 +608,27 @@ def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
     return 0
 
 
+def private_ros_domain() -> int:
+    """The ROS domain of a run that must hear only itself: the caller's ROS_DOMAIN_ID when set, else
+    one derived from this process id (1..101), set in the environment before any ROS context exists
+    (the nodes and the processes this run starts inherit it).
+
+    Two runs on one machine in the default domain hear each other over shared memory / localhost
+    DDS: one run's simulated joints and cameras reach the other's policy node (seen: a hold for joint
+    states 195 s from the head frame while another simulation ran). Printed, so that another shell
+    can watch with the same ROS_DOMAIN_ID."""
+    if os.environ.get("ROS_DOMAIN_ID"):
+        return int(os.environ["ROS_DOMAIN_ID"])
+    domain = 1 + os.getpid() % 101
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    print(f"[ros] ROS_DOMAIN_ID={domain} (this run's own; export it in another shell to watch its topics)")
+    return domain
+
+
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(parse_args(argv)))
+    args = parse_args(argv)
+    private_ros_domain()
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

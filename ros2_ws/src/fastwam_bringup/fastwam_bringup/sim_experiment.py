@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from fastwam.robot_config import load_robot_config
 from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE
-from fastwam_bringup.run import SIM_CONFIG, default_config_path, percentile
+from fastwam_bringup.run import SIM_CONFIG, default_config_path, percentile, private_ros_domain
 
 DEFAULT_OUT = "runs/sim_towel_fold"
 TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
@@ -1009,6 +1009,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_args(argv)
+        private_ros_domain()  # recording and evaluation over DDS: never another run's messages
         run_pipeline(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,14 @@ def test_scripted_episode_is_recorded_and_labelled(tmp_path, capsys):
     assert "SUCCESS" in out and ", recorded " in out, out
     bags = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(bags) == 1 and list(bags[0].glob("*.mcap")), list(tmp_path.rglob("*"))
+
+
+def test_a_run_takes_its_own_ros_domain_unless_the_caller_set_one(monkeypatch, capsys):
+    from fastwam_bringup.run import private_ros_domain
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "42")
+    assert private_ros_domain() == 42 and os.environ["ROS_DOMAIN_ID"] == "42"
+    monkeypatch.delenv("ROS_DOMAIN_ID")
+    domain = private_ros_domain()
+    assert 1 <= domain <= 101 and os.environ["ROS_DOMAIN_ID"] == str(domain)
+    assert f"ROS_DOMAIN_ID={domain}" in capsys.readouterr().out
