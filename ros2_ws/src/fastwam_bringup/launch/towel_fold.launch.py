@@ -47,6 +47,10 @@ ARGUMENTS = {
     "device": ("auto", "torch device (auto, cpu, cuda, cuda:N)"),
     "dtype": ("auto", "inference dtype (auto, float32, bfloat16, float16)"),
     "compile": ("auto", "inference graphs (auto, none, cudagraph, torch_compile)"),
+    "execution": (
+        "blend",
+        "how a new chunk joins the executing one: blend (cross-fade) or rtc (real-time chunking)",
+    ),
     "bag_dir": ("~/fastwam_bags", "where ros2 bag record writes (record:=true)"),
     "output_dir": ("~/fastwam_episodes", "where the recorder node writes its episode bags (record:=true)"),
     "seed": ("0", "towel start pose seed of the simulated robot (use_sim:=true)"),
@@ -104,6 +108,7 @@ def launch_setup(context, *args, **kwargs):
                         "device": context.launch_configurations["device"],
                         "dtype": context.launch_configurations["dtype"],
                         "compile": context.launch_configurations["compile"],
+                        "execution": context.launch_configurations["execution"],
                     }
                 ],
             )
