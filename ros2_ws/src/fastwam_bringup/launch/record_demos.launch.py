@@ -26,13 +26,11 @@ from launch.actions import (
     DeclareLaunchArgument,
     LogInfo,
     OpaqueFunction,
-    RegisterEventHandler,
     SetEnvironmentVariable,
-    Shutdown,
 )
-from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
 
+from fastwam_bringup.launch_actions import flag, required
 from fastwam_bringup.launch_requirements import SECOND_TERMINAL, check_launch_requirements, keyboard_mode
 
 ARGUMENTS = {
@@ -49,28 +47,6 @@ ARGUMENTS = {
         "xterm, or none",
     ),
 }
-
-
-def _flag(context, name: str) -> bool:
-    value = context.launch_configurations[name].strip().lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ValueError(f"launch argument {name} must be true or false, got {value!r}")
-    return value in ("true", "1")
-
-
-def required(action):
-    """[action, the handler that shuts the whole launch down when its process exits]."""
-    return [
-        action,
-        RegisterEventHandler(
-            OnProcessExit(
-                target_action=action,
-                on_exit=[
-                    Shutdown(reason="a required process exited; stopping everything this launch started")
-                ],
-            )
-        ),
-    ]
 
 
 def launch_setup(context, *args, **kwargs):
@@ -104,7 +80,7 @@ def launch_setup(context, *args, **kwargs):
             )
         ),
     ]
-    if _flag(context, "use_sim"):
+    if flag(context, "use_sim"):
         actions += required(
             Node(
                 package="fastwam_policy",
@@ -135,7 +111,7 @@ def launch_setup(context, *args, **kwargs):
                 parameters=[{"instruction": instruction, "recorder": "/recorder"}],
             )
         )
-    elif not _flag(context, "use_sim"):  # a human operator needs the keys somewhere
+    elif not flag(context, "use_sim"):  # a human operator needs the keys somewhere
         actions.append(LogInfo(msg=f"no keyboard helper in this launch: {SECOND_TERMINAL}"))
     return actions
 

@@ -26,14 +26,12 @@ from launch.actions import (
     DeclareLaunchArgument,
     ExecuteProcess,
     OpaqueFunction,
-    RegisterEventHandler,
     SetEnvironmentVariable,
-    Shutdown,
 )
-from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
 
 from fastwam.robot_config import load_robot_config
+from fastwam_bringup.launch_actions import flag, required
 from fastwam_bringup.launch_requirements import check_launch_requirements
 
 ARGUMENTS = {
@@ -57,32 +55,10 @@ ARGUMENTS = {
 }
 
 
-def _flag(context, name: str) -> bool:
-    value = context.launch_configurations[name].strip().lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ValueError(f"launch argument {name} must be true or false, got {value!r}")
-    return value in ("true", "1")
-
-
-def required(action):
-    """[action, the handler that shuts the whole launch down when its process exits]."""
-    return [
-        action,
-        RegisterEventHandler(
-            OnProcessExit(
-                target_action=action,
-                on_exit=[
-                    Shutdown(reason="a required process exited; stopping everything this launch started")
-                ],
-            )
-        ),
-    ]
-
-
 def launch_setup(context, *args, **kwargs):
     """The actions for the given argument values (OpaqueFunction, so tests can call it directly).
     Raises LaunchRequirementError, before any action exists, when an optional part cannot run."""
-    check_launch_requirements(rviz=_flag(context, "rviz"), record=_flag(context, "record"))
+    check_launch_requirements(rviz=flag(context, "rviz"), record=flag(context, "record"))
     share = get_package_share_directory("fastwam_bringup")
     config_path = context.launch_configurations["robot_config"] or os.path.join(
         share, "config", "r1_lite.yaml"
@@ -104,7 +80,7 @@ def launch_setup(context, *args, **kwargs):
                         "checkpoint": context.launch_configurations["checkpoint"],
                         "robot_config": config_path,
                         "instruction": instruction,
-                        "motion_enabled": not _flag(context, "dry_run"),
+                        "motion_enabled": not flag(context, "dry_run"),
                         "device": context.launch_configurations["device"],
                         "dtype": context.launch_configurations["dtype"],
                         "compile": context.launch_configurations["compile"],
@@ -114,7 +90,7 @@ def launch_setup(context, *args, **kwargs):
             )
         ),
     ]
-    if _flag(context, "use_sim"):
+    if flag(context, "use_sim"):
         actions += required(
             Node(
                 package="fastwam_policy",
@@ -130,7 +106,7 @@ def launch_setup(context, *args, **kwargs):
                 ],
             )
         )
-    if _flag(context, "record"):
+    if flag(context, "record"):
         actions += required(
             Node(
                 package="fastwam_policy",
@@ -157,7 +133,7 @@ def launch_setup(context, *args, **kwargs):
         actions += required(
             ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", bag, *topics], output="screen")
         )
-    if _flag(context, "rviz"):
+    if flag(context, "rviz"):
         actions += [
             Node(package="rviz2", executable="rviz2", name="rviz", arguments=["-d", rviz_config]),
             # RViz shows text only as an overlay message: convert the policy's ~/status_text.

@@ -201,8 +201,10 @@ def test_required_processes_shut_the_launch_down():
                     bare.add(executable)
         assert bare <= {"rviz2", "string_to_overlay_text"}, (path.name, bare)
         text = path.read_text()
-        assert "OnProcessExit" in text and "Shutdown(" in text
+        assert "from fastwam_bringup.launch_actions import flag, required" in text
         assert "check_launch_requirements(" in text.split("def launch_setup", 1)[1].split("share =", 1)[0]
+    actions = (LAUNCH_FILES[0].parents[1] / "fastwam_bringup" / "launch_actions.py").read_text()
+    assert "OnProcessExit(" in actions and "Shutdown(" in actions
 
 
 @pytest.mark.skipif(bool(LAUNCH_MISSING), reason=LAUNCH_MISSING or "launch imports")
