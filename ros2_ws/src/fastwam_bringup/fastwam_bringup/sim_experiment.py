@@ -8,7 +8,7 @@ Stages, each idempotent (skipped when its outputs exist for the same settings; -
              seeds --train-seed .. + N - 1; a demo that fails, goes unrecorded or that the
              converter would reject is kept (not used) and the next seed recorded in its place,
              up to --extra-demos more                                              -> <out>/bags
-    convert  bags -> LeRobot v2.1 dataset (fastwam.data.bag, cameras resized to the layout)
+    convert  bags -> LeRobot v3.0 dataset (fastwam.data.bag, cameras resized to the layout)
                                                                                   -> <out>/dataset
     train    per --variants: python -m fastwam_training.train --config <train-config> (subprocesses;
              the text and VAE latent caches in <out>/cache are built first and shared; on CPU the
