@@ -63,6 +63,7 @@ PIP = {
     "yaml": "PyYAML",
     "PIL": "pillow",
     "tqdm": "tqdm",
+    "ftfy": "ftfy",  # Wan prompt cleaning (diffusers' prompt_clean uses it when installed)
 }
 
 
