@@ -91,8 +91,13 @@ def make_v21_dataset(
     robot = robot_dict(joints)
     names = [j for g in robot["groups"] for j in g["joints"]]
     writer = LeRobotV21Writer(root, 15, "synthetic_arm", CAMERAS, names, names, video_codec=codec)
+    return _write_episodes(writer, root, lengths, len(names), size, seed)
+
+
+def _write_episodes(writer, root, lengths: Sequence[int], joints: int, size: int, seed: int) -> Path:
+    """The synthetic episodes through either version's writer."""
     for episode, length in enumerate(lengths):
-        arrays = episode_arrays(episode, length, len(names), size, seed)
+        arrays = episode_arrays(episode, length, joints, size, seed)
         writer.add_episode(
             arrays["frames"], arrays["state"], arrays["action"], arrays["timestamps"], arrays["task"]
         )
@@ -113,12 +118,7 @@ def make_v30_dataset(
     robot = robot_dict(joints)
     names = [j for g in robot["groups"] for j in g["joints"]]
     writer = LeRobotV30Writer(root, 15, "synthetic_arm", CAMERAS, names, names, video_codec=codec, **limits)
-    for episode, length in enumerate(lengths):
-        arrays = episode_arrays(episode, length, len(names), size, seed)
-        writer.add_episode(
-            arrays["frames"], arrays["state"], arrays["action"], arrays["timestamps"], arrays["task"]
-        )
-    return Path(root)
+    return _write_episodes(writer, root, lengths, len(names), size, seed)
 
 
 def make_dataset(
