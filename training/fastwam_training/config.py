@@ -74,9 +74,11 @@ class TrainSection:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # e.g. 0.999; None = no EMA
     cpu: bool = False  # force CPU even where a GPU is present
-    # torch's CPU threads: null = torch's default, or an integer; cpu_threads_file: a file holding
-    # the count, re-read when it changes (a scheduler moving cores between runs; fastwam_training.cpu_threads).
-    cpu_threads: int | None = None
+    # torch's CPU threads: null = torch's default, an integer, or "adaptive" (the trainer times steps
+    # at nearby counts now and then and keeps the fastest: a machine others keep busy trains faster
+    # on fewer threads); cpu_threads_file: a file holding the count, re-read when it changes (a
+    # scheduler moving cores between runs). fastwam_training.cpu_threads.
+    cpu_threads: int | str | None = None
     cpu_threads_file: str | None = None
     # Steps to run in this invocation, then checkpoint and exit (preemptible jobs); None = to max_steps.
     run_steps: int | None = None

@@ -12,14 +12,13 @@ Each run's output goes to its log file; progress is read from its ``logs/metrics
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastwam_training.cpu_threads import write_thread_count
+from fastwam_training.cpu_threads import available_cpus, write_thread_count
 from fastwam_training.tracking import read_metrics
 
 
@@ -40,13 +39,6 @@ class Run:
     def threads_file(self) -> Path:
         """The run's thread count, which it re-reads every step (beside its log)."""
         return self.log.with_name(f"{self.log.stem}.cpu_threads")
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def share(total: int, n: int) -> list[int]:

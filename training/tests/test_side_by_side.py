@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from fastwam_training.cpu_threads import CpuThreads, write_thread_count
+from fastwam_training.cpu_threads import CpuThreads, ThreadProbe, write_thread_count
 from fastwam_training.side_by_side import Run, run_side_by_side, share
 from fastwam_training.synthetic import experiment_dict, make_v21_dataset
 from fastwam_training.tracking import read_metrics
@@ -100,3 +100,54 @@ def test_a_failing_run_is_reported_and_stops_the_others(dataset, tmp_path):
         run_side_by_side([long, bad], poll_s=0.1, cpus=2)
     assert "missing" in str(error.value)  # the log's tail names the cause
     assert long._process.poll() is not None  # stopped, not left training
+
+
+def run_probe(probe: ThreadProbe, seconds_per_step: dict[int, float], steps: int) -> list[int]:
+    """Feed the probe the step times a machine with these per-count speeds would give."""
+    counts, count, elapsed = [], probe.current, None
+    for _ in range(steps):
+        count = probe.step(elapsed)
+        counts.append(count)
+        elapsed = seconds_per_step[count]
+    return counts
+
+
+def test_adaptive_threads_leave_a_busy_machines_second_core():
+    # The loaded 2-core machine's figures: 1 thread 20.4 samples/s, 2 threads 7.6.
+    probe = ThreadProbe(max_threads=2, current=2)
+    counts = run_probe(probe, {1: 0.8, 2: 2.1}, 40)
+    assert probe.current == 1
+    assert counts[-1] == 1 and counts[:ThreadProbe.FIRST_PROBE] == [2] * ThreadProbe.FIRST_PROBE
+    # Probing takes (1 untimed + PROBE_STEPS timed) steps per candidate, then settles.
+    probing = 2 * (1 + ThreadProbe.PROBE_STEPS)
+    assert counts[ThreadProbe.FIRST_PROBE + probing :] == [1] * (40 - ThreadProbe.FIRST_PROBE - probing)
+
+
+def test_adaptive_threads_keep_the_current_count_unless_another_is_clearly_faster():
+    probe = ThreadProbe(max_threads=2, current=2)
+    run_probe(probe, {1: 0.40, 2: 0.27}, 40)  # unloaded: 2 threads win
+    assert probe.current == 2
+    probe = ThreadProbe(max_threads=2, current=2)
+    run_probe(probe, {1: 0.26, 2: 0.27}, 40)  # 4 % faster: within the margin, no change
+    assert probe.current == 2
+
+
+def test_adaptive_threads_probe_again_when_the_load_goes():
+    probe = ThreadProbe(max_threads=2, current=2)
+    run_probe(probe, {1: 0.8, 2: 2.1}, 30)
+    assert probe.current == 1
+    run_probe(probe, {1: 0.40, 2: 0.27}, ThreadProbe.PROBE_EVERY + 20)
+    assert probe.current == 2
+
+
+def test_adaptive_threads_are_a_config_choice_that_applies_to_torch():
+    threads = torch.get_num_threads()
+    try:
+        setting = CpuThreads("adaptive")
+        assert setting.probe is not None and setting.update() == torch.get_num_threads()
+        with pytest.raises(ValueError, match="choose one"):
+            CpuThreads("adaptive", "/tmp/threads")
+        with pytest.raises(ValueError, match="adaptive"):
+            CpuThreads("fast")
+    finally:
+        torch.set_num_threads(threads)
