@@ -1,6 +1,6 @@
 """Policy node preprocessing on CPU: three 480x640 JPEG frames -> decode -> composite -> tensor.
 
-The path the policy node takes for every prediction, with the same code: `image_codec.decode` of
+The path the policy node takes for every prediction, with the same code: `image_decoding.decode` of
 sensor_msgs/CompressedImage messages (sequentially, and on a thread pool of one worker per camera
 as the node does), `CameraLayout.r1_lite().compose` (head 256x320 over two 128x160 wrists) and
 `composite_to_tensor`. Frames are camera-like synthetic scenes (gradients, shapes, sensor noise)
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from sensor_msgs.msg import CompressedImage
 
+from fastwam import image_decoding
 from fastwam.camera import CameraLayout, composite_to_tensor
-from fastwam_policy import image_codec
 
 KEYS = ("head", "wrist_left", "wrist_right")
 
@@ -69,9 +69,9 @@ def run(
     for i in range(runs + 10):
         t0 = time.perf_counter()
         if pool is None:
-            images = {k: image_codec.decode(msgs[k]) for k in KEYS}
+            images = {k: image_decoding.decode(msgs[k]) for k in KEYS}
         else:
-            images = dict(zip(KEYS, pool.map(image_codec.decode, [msgs[k] for k in KEYS])))
+            images = dict(zip(KEYS, pool.map(image_decoding.decode, [msgs[k] for k in KEYS])))
         t1 = time.perf_counter()
         composite = layout.compose(images)
         t2 = time.perf_counter()
@@ -94,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     print(
         f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), cv_bridge: {image_codec.CvBridge is not None}"
+        f"({torch.get_num_threads()} threads), cv_bridge: {image_decoding.CvBridge is not None}"
     )
     scenes = {k: jpeg_msg(camera_like_frame(i)) for i, k in enumerate(KEYS)}
     noise = {

@@ -1,4 +1,11 @@
-"""Camera messages -> HxWx3 uint8 RGB arrays, the input `fastwam.camera.CameraLayout.compose` takes.
+"""Camera messages -> HxWx3 uint8 RGB arrays: the one decoder of the live policy and of training data.
+
+The policy node decodes the sensor_msgs messages rclpy delivers; the bag converter
+(`fastwam.data.bag`) decodes the same messages as rosbags deserializes them from the recorded
+episode. Both come here, so a camera is decoded the same way in training and at run time. Only the
+message's fields are read (`format`, `data`; `height`, `width`, `step`, `encoding`,
+`is_bigendian`): an rclpy message, a rosbags message or any object with those fields. No ROS
+import (rclpy, sensor_msgs) is needed.
 
 sensor_msgs/CompressedImage (JPEG, PNG) is decoded with OpenCV (`cv2.imdecode`, which is also what
 cv_bridge's `compressed_imgmsg_to_cv2` calls). sensor_msgs/Image is converted by cv_bridge where it
@@ -12,8 +19,8 @@ Generic encodings (8UC1/3/4, 16UC1/3/4) carry no colour order; cv_bridge refuses
 to rgb8. They are read here the way OpenCV stores pixels: one channel as grey, three as BGR, four
 as BGRA (16UC1 is what depth-like mono cameras publish).
 
-Every failure raises `ImageError` with a message naming the problem (the node adds the topic).
-Imports no rclpy: messages are only read through their fields.
+Every failure raises `ImageError` with a message naming the problem (the caller adds the topic or
+the bag and message index).
 """
 
 from __future__ import annotations
@@ -178,5 +185,6 @@ def _check_compressed(data: np.ndarray, fmt: str) -> None:
 
 
 def _as_array(data) -> np.ndarray:
-    # rclpy gives uint8[] fields as array.array; any buffer is viewed without copying.
+    # rclpy gives uint8[] fields as array.array, rosbags as a numpy uint8 array; any buffer is viewed
+    # without copying.
     return np.frombuffer(data, dtype=np.uint8)

@@ -84,13 +84,13 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from fastwam import image_decoding as image_codec
 from fastwam.execution import ChunkExecutor, JointLimits
 from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam_msgs.msg import ActionChunk, PolicyStatus
 from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
-from fastwam_policy import image_codec
 from fastwam_policy.chunk_plot import render_chunk_plot
 from fastwam_policy.spin import spin_until_shutdown
 

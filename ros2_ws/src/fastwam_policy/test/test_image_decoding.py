@@ -1,4 +1,5 @@
-"""image_codec: every supported encoding against pixels built by hand, and malformed messages."""
+"""fastwam.image_decoding: every supported encoding against pixels built by hand, malformed messages,
+and one camera frame decoded byte-identically by the policy node's path and the bag converter's."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from fastwam_policy import image_codec
-from fastwam_policy.image_codec import ImageError, decode, decode_raw_numpy
+from fastwam import image_decoding
+from fastwam.image_decoding import ImageError, decode, decode_raw_numpy
 
 H, W = 6, 8
 RNG = np.random.default_rng(0)
@@ -181,23 +182,23 @@ def test_bad_raw_images_raise():
 
 
 def test_check_validates_without_decoding():
-    image_codec.check(image_msg(RGB, "rgb8"))
-    image_codec.check(CompressedImage(format="jpeg", data=_jpeg_bytes()))
+    image_decoding.check(image_msg(RGB, "rgb8"))
+    image_decoding.check(CompressedImage(format="jpeg", data=_jpeg_bytes()))
     with pytest.raises(ImageError):
-        image_codec.check(CompressedImage(format="jpeg", data=_jpeg_bytes()[:100]))
+        image_decoding.check(CompressedImage(format="jpeg", data=_jpeg_bytes()[:100]))
     bad = image_msg(RGB, "rgb8")
     bad.encoding = "nope"
     with pytest.raises(ImageError):
-        image_codec.check(bad)
+        image_decoding.check(bad)
 
 
 @pytest.mark.skipif(
-    image_codec.CvBridge is None,
+    image_decoding.CvBridge is None,
     reason="cv_bridge is not installed (not on PyPI; present on a full ROS install)",
 )
-@pytest.mark.parametrize("encoding", sorted(image_codec.CV_BRIDGE_RGB8))
+@pytest.mark.parametrize("encoding", sorted(image_decoding.CV_BRIDGE_RGB8))
 def test_numpy_decoder_matches_cv_bridge(encoding):
-    bridge = image_codec.CvBridge()
+    bridge = image_decoding.CvBridge()
     if encoding in CASES:
         stored = CASES[encoding][0]
     elif encoding.startswith("bayer_"):
@@ -210,3 +211,73 @@ def test_numpy_decoder_matches_cv_bridge(encoding):
         np.testing.assert_array_equal(
             decode_raw_numpy(msg), bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
         )
+
+
+def test_bag_frame_and_node_frame_decode_byte_identically(tmp_path):
+    """The node decodes what rclpy delivers; the converter decodes the same bytes after the recorder
+    wrote them (its writer, MCAP) and rosbags read them back: one function, the same pixels."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Reader
+
+    from fastwam.data import bag as bag_module
+    from fastwam.data.episode_bag import EpisodeRecorder, TopicSpec
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+    assert ok
+    yuv = RNG.integers(0, 256, (H, W, 2), dtype=np.uint8)
+    bayer16 = RNG.integers(0, 65536, (H, W), dtype=np.uint16)
+    raw = [  # encodings the old bag decoder lacked (16 bit, big-endian, Bayer, YUV) and ones it had
+        image_msg(CASES["bgr8"][0], "bgr8", pad=5),
+        image_msg(CASES["rgba8"][0], "rgba8"),
+        image_msg(CASES["mono16"][0], "mono16", pad=3, bigendian=True),
+        image_msg(CASES["16UC3"][0], "16UC3", pad=2),
+        image_msg(bayer16, "bayer_grbg16"),
+        image_msg(yuv, "yuv422"),
+    ]
+    compressed = [
+        CompressedImage(format="jpeg", data=_jpeg_bytes()),
+        CompressedImage(format="png", data=png.tobytes()),
+    ]
+    topics = [
+        TopicSpec("/cam/raw", "sensor_msgs/msg/Image"),
+        TopicSpec("/cam/compressed", "sensor_msgs/msg/CompressedImage"),
+    ]
+    recorder = EpisodeRecorder(tmp_path, topics, flush_period_s=0.1)
+    recorder.start("decode")
+    for topic, messages in enumerate((raw, compressed)):
+        for i, msg in enumerate(messages):
+            recorder.submit(topic, 1_000_000_000 + i, serialize_message(msg))
+    episode = recorder.stop(save=True, task_success=True)
+    read: dict[str, list] = {"/cam/raw": [], "/cam/compressed": []}
+    with Reader(episode.path) as reader:
+        for connection, _, data in reader.messages():
+            read[connection.topic].append(bag_module._TYPESTORE.deserialize_cdr(data, connection.msgtype))
+    for topic, sent in (("/cam/raw", raw), ("/cam/compressed", compressed)):
+        assert len(read[topic]) == len(sent)
+        for i, (node_msg, bag_msg) in enumerate(zip(sent, read[topic])):
+            # The converter's frame decoding (align_episode calls it for every chosen frame).
+            stream = bag_module.CameraStream(np.array([0]), [bag_msg])
+            from_bag = bag_module._decode_frames(stream, np.array([0]), "cam", episode.path, None)[0]
+            from_node = decode(node_msg)
+            assert from_bag.dtype == from_node.dtype == np.uint8, (topic, i)
+            assert from_bag.tobytes() == from_node.tobytes(), (topic, i)
+    # And the pixels are the right ones, not merely the same.
+    np.testing.assert_array_equal(decode(raw[0]), RGB)
+    np.testing.assert_array_equal(decode(raw[2]), gray3(to8(GRAY16)))
+    np.testing.assert_array_equal(decode(compressed[1]), RGB)
+
+
+def test_bag_conversion_names_the_message_of_an_undecodable_frame(tmp_path):
+    """A frame the decoder refuses (a truncated JPEG, which the old bag decoder let through as a
+    partly grey image) rejects the episode with the bag, camera and message index in the error."""
+    from fastwam.data import bag as bag_module
+
+    class Compressed:  # rosbags' message type has just these fields
+        format = "jpeg"
+        data = np.frombuffer(_jpeg_bytes()[:-300], np.uint8)
+
+    stream = bag_module.CameraStream(np.array([0, 1]), [Compressed(), Compressed()])
+    with pytest.raises(
+        bag_module.BagError, match=r"ep_0001: camera head message 1: JPEG of \d+ bytes is truncated"
+    ):
+        bag_module._decode_frames(stream, np.array([1]), "head", tmp_path / "ep_0001", None)

@@ -18,8 +18,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import CompressedImage, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from fastwam.image_decoding import decode  # noqa: E402
 from fastwam.robot_config import load_robot_config  # noqa: E402
-from fastwam_policy.image_codec import decode  # noqa: E402
 from fastwam_policy.sim_robot_node import SimRobotNode  # noqa: E402
 
 pytestmark = pytest.mark.ros

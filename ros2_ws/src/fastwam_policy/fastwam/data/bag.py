@@ -3,7 +3,8 @@
 Reads the topics named in the robot config (fastwam_bringup/config/r1_lite.yaml) from a bag made by
 the recorder node or by a plain `ros2 bag record` of the same topics, and aligns every stream to
 the reference (head) camera's timestamps:
-    cameras   nearest frame (JPEG/PNG CompressedImage or raw Image), decoded to RGB
+    cameras   nearest frame (JPEG/PNG CompressedImage or raw Image), decoded to RGB by
+              fastwam.image_decoding, the policy node's decoder
     state     feedback JointState positions, linearly interpolated, laid out as robot.state_groups
     action    commanded /motion_target positions, laid out as robot.action_groups (policy below)
 The head camera is subsampled to the dataset fps (config control.rate_hz unless given), and the
@@ -49,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
+from fastwam import image_decoding
 from fastwam.camera import resize_image
 from fastwam.data.episode_bag import (
     EPISODE_DIR,
@@ -386,7 +387,10 @@ def _decode_frames(
     clip = []
     for i in index.tolist():
         if i not in decoded:
-            image = _decode_image(stream.messages[i], f"{bag}: camera {key} message {i}")
+            try:
+                image = image_decoding.decode(stream.messages[i])
+            except image_decoding.ImageError as error:
+                raise BagError(f"{bag}: camera {key} message {i}: {error}") from error
             if size is not None:
                 image = resize_image(image, *size)
             decoded[i] = image
@@ -395,35 +399,6 @@ def _decode_frames(
     if len(shapes) != 1:
         raise BagError(f"{bag}: camera {key} changes image size within the episode: {sorted(shapes)}")
     return np.stack(clip)
-
-
-def _decode_image(message, where: str) -> np.ndarray:
-    """CompressedImage (JPEG/PNG) or Image (rgb8/bgr8/rgba8/bgra8/mono8) -> uint8 RGB [H, W, 3]."""
-    data = np.asarray(message.data, dtype=np.uint8)
-    if hasattr(message, "format"):  # sensor_msgs/CompressedImage
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if image is None:
-            raise BagError(f"{where}: cannot decode the compressed image (format {message.format!r})")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-    encoding = message.encoding
-    if encoding not in channels:
-        raise BagError(f"{where}: unsupported image encoding {encoding!r} (supported: {sorted(channels)})")
-    c = channels[encoding]
-    try:
-        rows = data.reshape(message.height, message.step)[:, : message.width * c]
-        image = rows.reshape(message.height, message.width, c)
-    except ValueError as error:
-        raise BagError(
-            f"{where}: image buffer does not match {message.height}x{message.width} {encoding}"
-        ) from error
-    convert = {
-        "bgr8": cv2.COLOR_BGR2RGB,
-        "rgba8": cv2.COLOR_RGBA2RGB,
-        "bgra8": cv2.COLOR_BGRA2RGB,
-        "mono8": cv2.COLOR_GRAY2RGB,
-    }
-    return cv2.cvtColor(image, convert[encoding]) if encoding in convert else np.ascontiguousarray(image)
 
 
 # -- conversion -------------------------------------------------------------------------------------
