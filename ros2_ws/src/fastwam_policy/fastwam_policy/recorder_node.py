@@ -95,46 +95,70 @@ def recorded_topics(config: RobotConfig) -> list[tuple[str, type, str, str]]:
 class RecorderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
-        p = self.declare_parameter
-        config_path = p("robot_config", default_config_path()).value
-        self.output_dir = Path(os.path.expanduser(p("output_dir", "~/fastwam_episodes").value))
-        depth = int(p("qos_depth", 100).value)
+        p = self._declare
+        config_path = p(
+            "robot_config",
+            default_config_path(),
+            "Robot config YAML whose camera, feedback and command topics are recorded; "
+            "default: fastwam_bringup/config/r1_lite.yaml",
+        )
+        self.output_dir = Path(
+            os.path.expanduser(
+                p("output_dir", "~/fastwam_episodes", "directory of the episode bags (made if missing)")
+            )
+        )
+        depth = int(p("qos_depth", 100, "subscription queue depth of every recorded topic (absorbs bursts)"))
         reliability = {
-            kind: p(f"{kind}_reliability", "best_effort").value for kind in ("camera", "feedback", "command")
+            kind: p(
+                f"{kind}_reliability",
+                "best_effort",
+                f"QoS reliability of the {kind} subscriptions: best_effort (matches any publisher) or reliable",
+            )
+            for kind in ("camera", "feedback", "command")
         }
-        flush_period_s = float(p("flush_period_s", 1.0).value)
-        fsync = bool(p("fsync", True).value)
-        self.default_instruction = str(p("default_instruction", "").value)
-        self.convert_dataset = str(p("convert_dataset", "").value)
-        self.convert_codec = str(p("convert_codec", "h264").value)
-        self.convert_resize = bool(p("convert_resize_to_layout", False).value)
-        recover = bool(p("recover_on_start", True).value)
-        status_rate_hz = float(p("status_rate_hz", 1.0).value)
-        min_free_mb = float(
+        flush_period_s = float(
+            p("flush_period_s", 1.0, "seconds between flushes of the bag to disk: the most a crash can lose")
+        )
+        fsync = bool(p("fsync", True, "fsync the bag at every flush: a power cut too loses at most flush_period_s"))
+        self.default_instruction = str(
+            p("default_instruction", "", "instruction of an episode started with an empty one")
+        )
+        self.convert_dataset = str(
             p(
-                "min_free_space_mb",
-                1024.0,
-                ParameterDescriptor(description="refuse to start with less free space in output_dir (MiB)"),
-            ).value
+                "convert_dataset",
+                "",
+                "LeRobot dataset root each saved episode is converted into in the background; empty: off",
+            )
+        )
+        self.convert_codec = str(
+            p("convert_codec", "h264", "video codec of the background conversion: h264, h264_lossless, av1")
+        )
+        self.convert_resize = bool(
+            p(
+                "convert_resize_to_layout",
+                False,
+                "the background conversion stores cameras at their camera-layout size, not native",
+            )
+        )
+        recover = bool(
+            p("recover_on_start", True, "rebuild interrupted episodes found in output_dir at start-up")
+        )
+        status_rate_hz = float(
+            p("status_rate_hz", 1.0, "rate of ~/status when nothing changes (a change publishes at once)")
+        )
+        min_free_mb = float(
+            p("min_free_space_mb", 1024.0, "refuse to start with less free space in output_dir (MiB)")
         )
         keep_empty = bool(
-            p(
-                "keep_empty_episodes",
-                False,
-                ParameterDescriptor(
-                    description="save an episode that recorded no message (default: discard it)"
-                ),
-            ).value
+            p("keep_empty_episodes", False, "save an episode that recorded no message (default: discard it)")
         )
         self.shutdown_timeout_s = float(
             p(
                 "shutdown_timeout_s",
                 10.0,
-                ParameterDescriptor(
-                    description="on Ctrl-C / SIGTERM, save the running episode and close its bag within this "
-                    "long (messages still queued after half of it are dropped, counted)"
-                ),
-            ).value
+                "on Ctrl-C / SIGTERM, save the running episode and close its bag within this "
+                "long (messages still queued after half of it are dropped, counted)",
+            )
         )
         if not config_path:
             raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
@@ -181,6 +205,11 @@ class RecorderNode(Node):
             f"recording {len(self.topics)} topics of {self.config.robot.name} into {self.output_dir} "
             f"(depth {depth}, {reliability})"
         )
+
+    def _declare(self, name: str, default, description: str):
+        """Declare a parameter with its description, read-only: every one is read once, at start-up."""
+        descriptor = ParameterDescriptor(description=description, read_only=True)
+        return self.declare_parameter(name, default, descriptor).value
 
     # -- messages -------------------------------------------------------------------------------------
     def _forward(self, index: int):

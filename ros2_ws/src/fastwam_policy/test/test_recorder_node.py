@@ -298,6 +298,33 @@ def test_a_bad_output_directory_is_refused_at_start_up(tmp_path):
         assert "recording " not in log  # never announced
 
 
+def test_every_parameter_is_described_and_read_only(tmp_path):
+    """`ros2 param describe` explains each recorder parameter, as the policy node's; each is read once
+    at start-up, so a change at run time is refused rather than silently ignored."""
+    from rclpy.parameter import Parameter
+
+    from fastwam_policy.recorder_node import RecorderNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter("robot_config", value=str(CONFIG)), Parameter("output_dir", value=str(tmp_path))]
+    node = RecorderNode(context=context, parameter_overrides=overrides)
+    plain = rclpy.create_node("plain", context=context)  # what rclpy declares on every node
+    try:
+        own = sorted(set(node.list_parameters([], 0).names) - set(plain.list_parameters([], 0).names))
+        assert len(own) == 17, own  # the module docstring's list
+        for name, descriptor in zip(own, node.describe_parameters(own)):
+            assert len(descriptor.description) > 20, (name, descriptor.description)
+            assert descriptor.read_only, name
+        (result,) = node.set_parameters([Parameter("qos_depth", value=5)])
+        assert not result.successful and node.get_parameter("qos_depth").value == 100
+    finally:
+        node.recorder.shutdown(5.0)
+        node.destroy_node()
+        plain.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 def test_an_empty_episode_is_discarded_with_a_warning(tmp_path, client):
     recorder, executor, statuses = client
     process = start_recorder(tmp_path / "episodes")
