@@ -3,7 +3,9 @@
 For machines without `ros2 launch` (the README's scripts/run.sh calls this). The nodes are the
 same classes the launch files start, composed in one process through one executor and
 configured from the same robot config YAML. It prints what happens (chunks, latency, commands,
-task progress) and exits with a summary after --duration seconds or when the episode ends.
+task progress) and exits with a summary when its episodes have ended (or after --duration seconds).
+A policy run tries 3 held-out towel poses by default, each from a freshly composed policy and
+robot, ending at success or after 12 s of simulated time (the simulation experiment's eval).
 
     python -m fastwam_bringup.run                       # the simulation experiment's Fast-WAM
     python -m fastwam_bringup.run --checkpoint random   # random-init tiny model (no success expected)
@@ -45,6 +47,8 @@ from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
 SIM_CONFIG = "r1_lite_sim.yaml"  # the simulation experiment's robot config (192x160 composite)
 DEFAULT_EXPERIMENT_DIR = "runs/sim_towel_fold"
 RANDOM_CHECKPOINT = "random"
+POLICY_EPISODES = 3  # held-out poses a policy run tries by default
+POLICY_EPISODE_TIMEOUT_S = 12.0  # the simulation experiment's eval timeout
 QUIET_LOGGERS = ("fastwam_policy", "sim_robot", "recorder", "fastwam_run_monitor")  # node names
 _STATE_NAMES = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
 
@@ -80,12 +84,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="simulation experiment directory holding the default checkpoint",
     )
     parser.add_argument("--instruction", default="fold the towel")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds before stopping (0: no limit)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="wall-clock seconds before stopping (default 0: when the episodes have ended)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="policy predicts but does not command motion")
     parser.add_argument(
         "--scripted-teleop", action="store_true", help="the sim's scripted teleoperator drives; no policy"
     )
-    parser.add_argument("--episodes", type=int, default=1, help="scripted episodes (with --scripted-teleop)")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help=f"episodes, seeds seed, seed + 1, ...; default 1 with --scripted-teleop, else {POLICY_EPISODES} "
+        "(each policy episode ends at success or after --episode-timeout)",
+    )
+    parser.add_argument(
+        "--episode-timeout",
+        type=float,
+        default=POLICY_EPISODE_TIMEOUT_S,
+        help="simulated seconds a policy episode may take to fold (default %(default)g, the simulation "
+        "experiment's)",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -120,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--require-success", action="store_true", help="exit 1 unless every episode reached success"
     )
     args = parser.parse_args(argv)
+    if args.episodes is not None and args.episodes < 1:
+        parser.error(f"--episodes must be at least 1, got {args.episodes}")
+    if not args.episode_timeout > 0:
+        parser.error(f"--episode-timeout must be positive, got {args.episode_timeout:g}")
     if not args.time_scale > 0:
         parser.error(f"--time-scale must be positive, got {args.time_scale:g}")
     if args.time_scale != 1.0 and not args.scripted_teleop:
@@ -495,21 +521,74 @@ def resolve_checkpoint(args: argparse.Namespace, config, tmp: str) -> str:
     return str(sim_experiment.prepare_default_checkpoint(args.experiment_dir, args.robot_config))
 
 
+@dataclass
+class RunTotals:
+    """What a run's episodes add up to (a policy run composes its nodes anew for every episode)."""
+
+    results: list = field(default_factory=list)  # the simulated robot's episode results, in order
+    chunk_latencies_ms: list[float] = field(default_factory=list)
+    chunks_predicted: int = 0
+    policy_state: str = ""
+    commands_received: dict[str, int] = field(default_factory=dict)  # by the robot, per group
+    commands_rejected: int = 0
+    commands_on_topics: int = 0
+
+    def add(self, sim, monitor: Monitor) -> None:
+        self.results.extend(sim.results)
+        self.chunk_latencies_ms.extend(monitor.chunks)
+        self.chunks_predicted += monitor.chunks_predicted
+        self.policy_state = monitor.policy_state or self.policy_state
+        for group, n in sim.commands_received.items():
+            self.commands_received[group] = self.commands_received.get(group, 0) + n
+        self.commands_rejected += sim.commands_rejected
+        self.commands_on_topics += sum(monitor.commands.values())
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_robot_config(args.robot_config)
     if args.seed is None:
         args.seed = 0 if args.scripted_teleop else EVAL_SEED
+    if args.episodes is None:
+        args.episodes = 1 if args.scripted_teleop else POLICY_EPISODES
     tmp = tempfile.TemporaryDirectory(prefix="fastwam_run_")
-    comp = None
     try:
         checkpoint = None if args.scripted_teleop else resolve_checkpoint(args, config, tmp.name)
-        comp = Composition()
+        totals = RunTotals()
+        start = time.monotonic()
+        deadline = start + args.duration if args.duration > 0 else None
+        if checkpoint is None:  # the scripted operator runs every episode in one simulated robot
+            _run_composition(args, config, None, args.seed, args.episodes, deadline, start, totals)
+        else:
+            # One episode per composition, as the simulation experiment's eval runs them: every
+            # episode starts from a freshly loaded policy (no plan or state left from the last).
+            for i in range(args.episodes):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                _run_composition(args, config, checkpoint, args.seed + i, 1, deadline, start, totals)
+        return _summary(args, totals, time.monotonic() - start)
+    finally:
+        tmp.cleanup()
+
+
+def _run_composition(
+    args: argparse.Namespace,
+    config,
+    checkpoint: str | None,
+    seed: int,
+    episodes: int,
+    deadline: float | None,
+    start: float,
+    totals: RunTotals,
+) -> None:
+    """The nodes composed and spun until their episodes end or the deadline passes; their counts
+    are added to `totals`."""
+    with Composition() as comp:
         monitor = add_monitor(comp, config)
         if checkpoint is not None:
             # Created first: the model loads and warms up before the robot's episode starts.
             add_policy(comp, args.robot_config, checkpoint, instruction=args.instruction,
                        motion_enabled=not args.dry_run, device=args.device, dtype=args.dtype,
-                       execution=args.execution)  # fmt: skip
+                       execution=args.execution, sampler_seed=seed)  # fmt: skip
             print(f"[run] loading {checkpoint}")
             wait_for_policy(comp, monitor, checkpoint)
         recorder = None
@@ -518,22 +597,23 @@ def run(args: argparse.Namespace) -> int:
         sim = add_sim(
             comp,
             args.robot_config,
-            seed=args.seed,
+            seed=seed,
             scripted=args.scripted_teleop,
-            episodes=args.episodes if args.scripted_teleop else 1,
+            episodes=episodes,
             recorder="/recorder" if recorder is not None else "",
             instruction=args.instruction,
             image_size=args.image_size,
             time_scale=args.time_scale,
+            episode_timeout_s=0.0 if args.scripted_teleop else args.episode_timeout,
         )
-        mode = (
-            "scripted teleop" if args.scripted_teleop else ("policy, dry run" if args.dry_run else "policy")
-        )
-        if checkpoint is not None:
-            mode += f", execution {args.execution}"
-        print(f"[run] {config.robot.name} simulated, {mode}, seed {args.seed}, config {args.robot_config}")
-        start = time.monotonic()
-        next_report = start + 1.0
+        if args.scripted_teleop:
+            mode = f"scripted teleop, {episodes} episode(s)"
+        else:
+            mode = "policy, dry run" if args.dry_run else "policy"
+            mode += f", execution {args.execution}, episode {len(totals.results) + 1}/{args.episodes}"
+            mode += f" (up to {args.episode_timeout:g} s simulated)"
+        print(f"[run] {config.robot.name} simulated, {mode}, seed {seed}, config {args.robot_config}")
+        next_report = time.monotonic() + 1.0
         while rclpy.ok(context=comp.context):
             comp.spin_once()
             now = time.monotonic()
@@ -548,20 +628,15 @@ def run(args: argparse.Namespace) -> int:
                 )
             if sim.finished:
                 break
-            if not args.scripted_teleop and sim.first_success_s is not None:
+            if checkpoint is not None and sim.first_success_s is not None:
                 break  # policy-driven: the episode ends at success
-            if args.duration > 0 and now - start >= args.duration:
+            if deadline is not None and now >= deadline:
                 break
-        elapsed = time.monotonic() - start
         if not sim.finished:  # close the running episode so it is scored (and recorded)
             sim.end_episode()
         # Let the recorder answer the stop (save + label).
         comp.spin_until(lambda: recorder is None or not sim.recording_episode, 5.0)
-        return _summary(args, sim, monitor, elapsed)
-    finally:
-        if comp is not None:
-            comp.close()
-        tmp.cleanup()
+        totals.add(sim, monitor)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -572,18 +647,18 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
-    results = sim.results
+def _summary(args, totals: RunTotals, elapsed: float) -> int:
+    results = totals.results
     print(f"[run] summary after {elapsed:.1f} s")
     print(
         "[run]   commands received by the robot: "
-        + ", ".join(f"{g} {n}" for g, n in sim.commands_received.items())
+        + ", ".join(f"{g} {n}" for g, n in totals.commands_received.items())
     )
     print(
-        f"[run]   commands rejected: {sim.commands_rejected}; on the topics: {sum(monitor.commands.values())}"
+        f"[run]   commands rejected: {totals.commands_rejected}; on the topics: {totals.commands_on_topics}"
     )
-    if monitor.chunks:
-        latencies = monitor.chunks
+    latencies = totals.chunk_latencies_ms
+    if latencies:
         print(
             f"[run]   chunks {len(latencies)}, latency median {statistics.median(latencies):.0f} ms, "
             f"p95 {percentile(latencies, 0.95):.0f} ms"
@@ -592,13 +667,13 @@ def _summary(args, sim, monitor: Monitor, elapsed: float) -> int:
         print("[run]   chunks 0 (no action chunk was published)")
     if not args.scripted_teleop:
         print(
-            f"[run]   policy: {monitor.chunks_predicted} chunks predicted, last state {monitor.policy_state or 'none'}"
+            f"[run]   policy: {totals.chunks_predicted} chunks predicted, last state {totals.policy_state or 'none'}"
         )
-    for r in results:
+    for i, r in enumerate(results):
         when = f" at {r.first_success_s:.1f} s" if r.first_success_s is not None else ""
         rec = f", recorded {r.recorded}" if r.recorded else ""
         print(
-            f"[run]   episode {r.index} seed {r.seed}: {'SUCCESS' + when if r.success else 'no success'}, "
+            f"[run]   episode {i} seed {r.seed}: {'SUCCESS' + when if r.success else 'no success'}, "
             f"progress {r.progress:.2f}{rec}"
         )
     successes = sum(r.success for r in results)
