@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -35,10 +34,6 @@ def test_scripted_teleop_commands_flow_through_the_composed_nodes(capsys):
     assert "episode 0 seed 1: no success" in out  # stopped at 4 s, before the fold is done
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("fastwam_policy.policy_node") is None,
-    reason="fastwam_policy.policy_node (the node helper's policy node) has not landed",
-)
 def test_policy_node_predicts_from_the_simulated_robot(capsys):
     """Sim cameras/joints reach the policy node and it predicts. Whether its chunks become commands
     depends on inference outrunning a chunk (2.1 s at 15 Hz): not asserted, machines differ."""
@@ -52,7 +47,6 @@ def test_policy_node_predicts_from_the_simulated_robot(capsys):
 
 
 def test_scripted_episode_is_recorded_and_labelled(tmp_path, capsys):
-    pytest.importorskip("fastwam_policy.recorder_node", reason="the recorder node has not landed")
     code = run(
         parse_args(
             [

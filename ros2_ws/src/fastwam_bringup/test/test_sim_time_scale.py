@@ -10,7 +10,6 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy is not installed")
 pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scripts/bootstrap.sh)")
-pytest.importorskip("fastwam_policy.recorder_node", reason="the recorder node has not landed")
 
 import rclpy
 from rclpy.parameter import Parameter
