@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ FRESHNESS = {"max_camera_age_s": 0.5, "max_camera_skew_s": 0.15, "max_joint_age_
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def node(tmp_path_factory):
+    """The node in its own process, started with camera wrist_right missing (never published yet)."""
     tmp = tmp_path_factory.mktemp("policy_node_inputs")
     checkpoint, config_path, config = harness.write_test_setup(
         tmp, raw_cameras=("head",), freshness=FRESHNESS
@@ -50,6 +52,42 @@ def setup(tmp_path_factory):
         code = harness.stop_node(proc)
         print((tmp / "node.log").read_text()[-3000:])
         assert code == 0, f"policy node exited with {code}"
+
+
+@dataclass
+class StartPhase:
+    held: PolicyStatus  # the status that held for the missing camera
+    commands_while_missing: list
+    executing_after: PolicyStatus
+
+
+@pytest.fixture(scope="module")
+def start_phase(node) -> StartPhase:
+    """The node's start-up with a camera missing, then every camera published: done once, before
+    whichever test of this module runs first (or alone, with -k), so none depends on another's order."""
+    robot, _, _, _ = node
+    _, held = robot.wait_state(
+        HOLDING, timeout=START_TIMEOUT, reason="camera 'wrist_right': no frame received"
+    )
+    time.sleep(0.5)
+    commands_while_missing = robot.commands()
+    t_on = robot.now()
+    robot.camera_mode["wrist_right"] = "ok"
+    _, executing = robot.wait_state(EXECUTING, timeout=10, since=t_on)
+    robot.wait_for(lambda: robot.messages("command/arm_left", t_on), 5, "first commands")
+    return StartPhase(held, commands_while_missing, executing)
+
+
+@pytest.fixture
+def setup(node, start_phase):
+    """A healthy node for each test: every stream good again, EXECUTING (a failed test left a fault?)."""
+    robot = node[0]
+    if any(m != "ok" for m in (*robot.camera_mode.values(), *robot.joint_mode.values())):
+        robot.camera_mode.update(dict.fromkeys(robot.camera_mode, "ok"))
+        robot.joint_mode.update(dict.fromkeys(robot.joint_mode, "ok"))
+        t_clear = robot.now()
+        robot.wait_state(EXECUTING, timeout=10, since=t_clear)
+    return node
 
 
 def _stamp(msg) -> float:
@@ -77,14 +115,9 @@ def _hold_then_recover(robot, config, reason: str, fault, clear) -> PolicyStatus
     return status
 
 
-def test_missing_camera_holds_until_it_appears(setup):
-    robot, proc, config, _ = setup
-    robot.wait_state(HOLDING, timeout=START_TIMEOUT, reason="camera 'wrist_right': no frame received")
-    time.sleep(0.5)
-    assert robot.commands() == []
-    robot.camera_mode["wrist_right"] = "ok"
-    robot.wait_state(EXECUTING, timeout=10)
-    robot.wait_for(lambda: robot.messages("command/arm_left"), 5, "first commands")
+def test_missing_camera_holds_until_it_appears(start_phase):
+    assert start_phase.commands_while_missing == [], "commanded with a camera missing"
+    assert start_phase.executing_after.motion_enabled
 
 
 def test_stale_camera_holds_and_recovers(setup):
