@@ -18,7 +18,8 @@ none (static loop, eager), cudagraph (captured CUDA graphs; eager replay on CPU)
 (the inductor-fused Wan block, inside those graphs on CUDA). The capturing modes also graph the VAE
 encode on CUDA, as ``FastWAMPolicy`` does.
 After the timed runs the action chunk of the optimized path is compared with the eager reference
-(``build_action_cache`` + ``sample_actions``, module by module) on the same noise: max abs diff.
+(the tests' oracle ``ros2_ws/src/fastwam_policy/test/model_reference.py``: ``build_action_cache`` +
+``sample_actions``, module by module) on the same noise: max abs diff.
 On CUDA the peak allocated memory per variant is reported.
 
 Joint and IDM are the reference imagine-then-execute implementations (a full masked pass over
@@ -28,8 +29,10 @@ Joint and IDM are the reference imagine-then-execute implementations (a full mas
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,6 +138,15 @@ def count_flops(model, comp, layout, images, instruction, state, args) -> dict[s
     return {"vae": vae_counter.get_total_flops(), "model": model_counter.get_total_flops()}
 
 
+def _model_reference():
+    """The tests' eager module-by-module oracle, loaded by path (the test folder is no package)."""
+    path = Path(__file__).resolve().parents[1] / "ros2_ws/src/fastwam_policy/test/model_reference.py"
+    spec = importlib.util.spec_from_file_location("model_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @torch.no_grad()
 def optimized_vs_eager(model, comp, layout, images, instruction, state, args) -> tuple[float, float]:
     """Max abs difference of the action chunk: the timed path (static loop, --compile) vs the
@@ -146,8 +158,9 @@ def optimized_vs_eager(model, comp, layout, images, instruction, state, args) ->
     fast, _ = model.infer(latents, ctx, uncond, generator=gen.manual_seed(1))
     full = ctx if args.cfg_scale == 1.0 else Context.cat([ctx, uncond])
     prefix = latents if args.cfg_scale == 1.0 else torch.cat([latents, latents])
-    cache = model.build_action_cache(prefix, full)
-    ref = model.sample_actions(cache, 1, cfg_scale=args.cfg_scale, generator=gen.manual_seed(1))
+    reference = _model_reference()
+    cache = reference.build_action_cache(model, prefix, full)
+    ref = reference.sample_actions(model, cache, 1, cfg_scale=args.cfg_scale, generator=gen.manual_seed(1))
     return (fast - ref).abs().max().item(), ref.abs().max().item()
 
 

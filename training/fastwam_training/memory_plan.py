@@ -165,7 +165,7 @@ def trace_activations(
                             input_bytes[0] += nbytes
             where[0] = f"layer{layer}"
             try:
-                return shared_layer(blocks, streams, mask)[0]
+                return shared_layer(blocks, streams, mask)
             finally:
                 where[0] = "outside"
 

@@ -58,7 +58,7 @@ RUNNER = "fastwam_mot_layer"  # the per-layer method FSDP2 treats as the pair un
 
 
 def _mot_layer(blocks, streams, mask):
-    return shared_layer(blocks, streams, mask)[0]
+    return shared_layer(blocks, streams, mask)
 
 
 @dataclass

@@ -8,6 +8,7 @@ run our model, and compare.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -32,6 +33,14 @@ from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
 from fastwam.policy import FastWAMPolicy
 from fastwam.robot import JointGroup, RobotSpec
+
+# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
+# pytest's importlib mode, where the test folder is not on sys.path.
+_spec = importlib.util.spec_from_file_location(
+    "model_reference", Path(__file__).with_name("model_reference.py")
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 # shared/ lies beside the repository (as in CI); FASTWAM_AUTHORS_FIXTURE points elsewhere.
 FIXTURE = Path(
@@ -76,12 +85,12 @@ def _one_forward(model, inputs, config):
     frames at t_video_future, actions at t_action; text attended with an all-ones mask + state token."""
     latents = inputs["latents"]
     b, _, f, _, _ = latents.shape
-    raw = model._raw_context(inputs["text"], None, inputs["state"])
+    raw = model.context_tokens(inputs["text"], None, inputs["state"])
     ctx = Context(
         video_ctx=model.video.condition_embedder.text_embedder(raw),
         expert_ctx=model.expert.condition_embedder.text_embedder(raw),
     )
-    hp, wp = model._grid(latents)
+    hp, wp = model.token_grid(latents)
     t_frames = torch.tensor([[0.0] + [config["t_video_future"]] * (f - 1)] * b)
     mask = build_mask(
         model.config.variant,
@@ -91,7 +100,7 @@ def _one_forward(model, inputs, config):
         return model.forward_tokens(
             latents,
             t_frames,
-            model._video_rope(f, hp, wp),
+            model.video_rope(f, hp, wp),
             ctx,
             inputs["noisy_action"],
             torch.full((b,), config["t_action"]),
@@ -183,8 +192,8 @@ def test_converted_fast_wam_chunk_equals_the_authors_infer_action(converted):
     loop = model.action_loop(first, ctx, steps, 1.0, 1)
     loop.prefill(first, ctx)
     chunk = loop.sample(inputs["chunk_noise"])[0]
-    eager = model.sample_actions(
-        model.build_action_cache(first, ctx), 1, steps=steps, noise=inputs["chunk_noise"]
+    eager = reference.sample_actions(
+        model, reference.build_action_cache(model, first, ctx), 1, steps=steps, noise=inputs["chunk_noise"]
     )
     for ours in (chunk, eager[0]):
         err = (ours - expected["fast_wam.chunk"]).abs().max().item()

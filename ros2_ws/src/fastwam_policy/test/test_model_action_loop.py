@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from fastwam.config import preset
 from fastwam.model import FastWAM
-from fastwam.model.action_loop import ActionLoop, block_layer, check_compile_mode
+from fastwam.model.action_loop import ActionLoop, check_compile_mode
+from fastwam.model.block import cached_block
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
+
+# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
+# pytest's importlib mode, where the test folder is not on sys.path.
+_spec = importlib.util.spec_from_file_location(
+    "model_reference", Path(__file__).with_name("model_reference.py")
+)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
 
 B, HP, WP = 2, 2, 2  # tiny: 4x4 latents -> 2x2 tokens per frame
 TOL = 1e-5  # fp32
@@ -59,8 +71,8 @@ def _reference(model, first, cond, uncond, scale, seed) -> torch.Tensor:
     """Eager path: a fresh cache from build_action_cache + the module-by-module sample_actions."""
     ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
     prefix = first if scale == 1.0 else torch.cat([first, first])
-    cache = model.build_action_cache(prefix, ctx)
-    return model.sample_actions(cache, B, cfg_scale=scale, generator=torch.Generator().manual_seed(seed))
+    cache = ref.build_action_cache(model, prefix, ctx)
+    return ref.sample_actions(model, cache, B, cfg_scale=scale, generator=torch.Generator().manual_seed(seed))
 
 
 def _check(model, mode, first, state, text, scale, seed, what):
@@ -69,8 +81,8 @@ def _check(model, mode, first, state, text, scale, seed, what):
     got, _ = model.infer(
         first, cond, uncond, cfg_scale=scale, generator=torch.Generator().manual_seed(seed), compile=mode
     )
-    ref = _reference(model, first, cond, uncond, scale, seed)
-    diff = (got - ref).abs().max().item()
+    expected = _reference(model, first, cond, uncond, scale, seed)
+    diff = (got - expected).abs().max().item()
     assert diff <= TOL, f"{what}: optimized ({mode}) vs eager max abs diff {diff:.3e} > {TOL}"
     return got
 
@@ -116,7 +128,7 @@ def test_torch_compile_mode_equals_the_eager_path(device):
         first, state = _observation(model, obs_seed)
         _check(model, "torch_compile", first, state, text, 1.0, seed=4, what=f"observation {obs_seed}")
     loop = next(iter(model._action_loops.values()))
-    assert loop.mode == "torch_compile" and loop._layer is not block_layer  # compiled, no fallback
+    assert loop.mode == "torch_compile" and loop._layer is not cached_block  # compiled, no fallback
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -126,12 +138,13 @@ def test_bfloat16_loop_stays_within_bfloat16_rounding_of_the_eager_path(device):
     first, state = _observation(model, 9)
     cond = model.with_state(_instruction(model, 1)[0], state)
     got, _ = model.infer(first, cond, generator=torch.Generator().manual_seed(0), compile="cudagraph")
-    ref = model.sample_actions(
-        model.build_action_cache(first.to(torch.bfloat16), cond),
+    expected = ref.sample_actions(
+        model,
+        ref.build_action_cache(model, first.to(torch.bfloat16), cond),
         B,
         generator=torch.Generator().manual_seed(0),
     )
-    diff, scale = (got - ref).abs().max().item(), ref.abs().max().item()
+    diff, scale = (got - expected).abs().max().item(), expected.abs().max().item()
     assert diff <= 1e-2 * max(1.0, scale), (
         f"bf16 optimized vs eager max abs diff {diff:.3e} (|ref| {scale:.2f})"
     )
@@ -156,13 +169,13 @@ def test_loop_cache_holds_the_reference_prefix_kv():
     model = _model()
     first, state = _observation(model, 6)
     ctx = model.with_state(_instruction(model, 1)[0], state)
-    ref = model.build_action_cache(first, ctx)
+    expected = ref.build_action_cache(model, first, ctx)
     loop = model.action_loop(first, ctx, steps=3, cfg_scale=1.0, batch=B, compile="cudagraph")
     loop.prefill(first, ctx)
-    n0 = ref.n_prefix
-    for layer in range(len(ref.k)):
-        assert torch.allclose(loop.cache.k[layer][:, :, :n0], ref.k[layer][:, :, :n0], atol=1e-6)
-        assert torch.allclose(loop.cache.v[layer][:, :, :n0], ref.v[layer][:, :, :n0], atol=1e-6)
+    n0 = expected.n_prefix
+    for layer in range(len(expected.k)):
+        assert torch.allclose(loop.cache.k[layer][:, :, :n0], expected.k[layer][:, :, :n0], atol=1e-6)
+        assert torch.allclose(loop.cache.v[layer][:, :, :n0], expected.v[layer][:, :, :n0], atol=1e-6)
         assert torch.equal(loop.cache.expert_kv[layer][0], ctx.expert_kv[layer][0])
     other, _ = _observation(model, 7)
     with pytest.raises(ValueError, match="prefix"):
@@ -195,8 +208,9 @@ def test_several_draws_per_chunk_average_the_eager_draws_of_one_prefix(mode, sca
     cond, uncond = model.with_state(text[0], rep_state), model.with_state(text[1], rep_state)
     ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
     prefix = rep_first if scale == 1.0 else torch.cat([rep_first, rep_first])
-    draws = model.sample_actions(
-        model.build_action_cache(prefix, ctx),
+    draws = ref.sample_actions(
+        model,
+        ref.build_action_cache(model, prefix, ctx),
         B * s,
         cfg_scale=scale,
         generator=torch.Generator().manual_seed(6),
@@ -232,13 +246,13 @@ def test_idm_actions_through_the_loop_equal_the_eager_path(device, samples):
     )
     gen = torch.Generator().manual_seed(2)
     steps = cfg.num_inference_steps
-    future = model._sample_future_video(first, ctx, steps, 1.0, gen)  # one imagined future per row
+    future = model.sample_future_video(first, ctx, steps, 1.0, gen)  # one imagined future per row
     prefix = torch.cat([first, future], dim=2).repeat_interleave(samples, 0)
     rep_ctx = model.with_state(_instruction(model, 1)[0], state.repeat_interleave(samples, 0))
     mask = build_mask("idm", {"first": HP * WP, "cond": HP * WP * future.shape[2]}, device=model.device)
-    cache = model.build_action_cache(prefix, rep_ctx, mask)
-    ref = model.sample_actions(cache, B * samples, generator=gen).unflatten(0, (B, samples)).mean(1)
-    diff = (got - ref).abs().max().item()
+    cache = ref.build_action_cache(model, prefix, rep_ctx, mask)
+    expected = ref.sample_actions(model, cache, B * samples, generator=gen).unflatten(0, (B, samples)).mean(1)
+    diff = (got - expected).abs().max().item()
     assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from fastwam.config import preset
-from fastwam.model import FastWAM
+from fastwam.model import FastWAM, flow
 from fastwam.model.action_expert import resize_tensor
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import GROUPS, MASK_RULES, build_mask, group_slices
+
+# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
+# pytest's importlib mode, where the test folder is not on sys.path.
+_spec = importlib.util.spec_from_file_location(
+    "model_reference", Path(__file__).with_name("model_reference.py")
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 B, HP, WP = 2, 2, 2  # tiny: 64x64 composite -> 4x4 latents -> 2x2 tokens per frame
 
@@ -39,7 +50,7 @@ def _plain_context(model, raw) -> Context:
 def test_decomposed_video_path_equals_stock_diffusers_forward():
     model = _model()
     latents, text, state = _inputs(model)
-    raw = model._raw_context(text, None, state)
+    raw = model.context_tokens(text, None, state)
     for frames, t in ((1, 0.0), (model.config.num_latent_frames, 0.37)):
         lat = latents[:, :, :frames]
         t_frames = torch.full((B, frames), t)
@@ -47,7 +58,7 @@ def test_decomposed_video_path_equals_stock_diffusers_forward():
         t_tokens = t_frames.repeat_interleave(HP * WP, dim=1) * 1000.0
         stock = model.video(lat, timestep=t_tokens, encoder_hidden_states=raw).sample
         ours, _ = model.forward_tokens(
-            lat, t_frames, model._video_rope(frames, HP, WP), _plain_context(model, raw)
+            lat, t_frames, model.video_rope(frames, HP, WP), _plain_context(model, raw)
         )
         assert ours.shape == stock.shape
         assert (ours - stock).abs().max().item() <= 1e-5
@@ -59,17 +70,17 @@ def test_cached_fast_wam_equals_uncached_masked_joint_pass_per_step_and_after_10
     cfg = model.config
     latents, text, state = _inputs(model)
     first = latents[:, :, :1]
-    raw = model._raw_context(text, None, state)
+    raw = model.context_tokens(text, None, state)
     plain = _plain_context(model, raw)
     cached_ctx = model.with_state(model.encode_instruction(text), state)
-    cache = model.build_action_cache(first, cached_ctx)
+    cache = reference.build_action_cache(model, first, cached_ctx)
 
     # Reference: one uncached masked pass over [first frame, noisy future video, actions].
     nf = cfg.future_latent_frames
     g = torch.Generator().manual_seed(5)
     future = torch.randn(B, cfg.video.in_channels, nf, 2 * HP, 2 * WP, generator=g)
     video_in = torch.cat([first, future], dim=2)
-    rope = model._video_rope(1 + nf, HP, WP)
+    rope = model.video_rope(1 + nf, HP, WP)
     mask = build_mask("fast_wam", {"first": HP * WP, "future": HP * WP * nf, "action": cfg.action_horizon})
 
     steps = 10
@@ -78,7 +89,7 @@ def test_cached_fast_wam_equals_uncached_masked_joint_pass_per_step_and_after_10
     x_ref = x_cached.clone()
     for i in range(steps):
         t = sig[i].expand(B)
-        v_cached = model.action_velocity(cache, x_cached, t)
+        v_cached = reference.action_velocity(model, cache, x_cached, t)
         t_frames = torch.cat([torch.zeros(B, 1), t[:, None].expand(B, nf)], dim=1)
         _, v_ref = model.forward_tokens(video_in, t_frames, rope, plain, x_ref, t, mask)
         assert (v_cached - v_ref).abs().max().item() <= 1e-5, f"step {i}"
@@ -86,13 +97,43 @@ def test_cached_fast_wam_equals_uncached_masked_joint_pass_per_step_and_after_10
         x_ref = x_ref + (sig[i + 1] - sig[i]) * v_ref
     assert (x_cached - x_ref).abs().max().item() <= 1e-5
 
-    # The sampler is the same Euler loop.
+    # The sampler (flow.euler, the one Euler loop of the model) is the Euler loop written out.
     noise = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
-    sampled = model.sample_actions(cache, B, steps=3, noise=noise)
-    x, sig = noise.clone(), model_sigmas(model, 3)
+    sig = model_sigmas(model, 3)
+    sampled = flow.euler(
+        lambda x, i: reference.action_velocity(model, cache, x, sig[i].expand(B)), noise, sig
+    )
+    x = noise.clone()
     for i in range(3):
-        x = x + (sig[i + 1] - sig[i]) * model.action_velocity(cache, x, sig[i].expand(B))
+        x = x + (sig[i + 1] - sig[i]) * reference.action_velocity(model, cache, x, sig[i].expand(B))
     assert torch.allclose(sampled, x, atol=1e-6)
+    assert torch.allclose(reference.sample_actions(model, cache, B, steps=3, noise=noise), x, atol=1e-6)
+
+
+@torch.no_grad()
+def test_static_loop_velocity_equals_the_uncached_masked_joint_pass():
+    """The production cached path (ActionLoop: prefix through ``block.cached_block``, precomputed
+    modulation) against the production uncached MoT forward, at every step of the loop's grid."""
+    model = _model()
+    cfg = model.config
+    latents, text, state = _inputs(model)
+    first = latents[:, :, :1]
+    plain = _plain_context(model, model.context_tokens(text, None, state))
+    cached_ctx = model.with_state(model.encode_instruction(text), state)
+    loop = model.action_loop(first, cached_ctx, steps=cfg.num_inference_steps, cfg_scale=1.0, batch=B)
+    loop.prefill(first, cached_ctx)
+    nf = cfg.future_latent_frames
+    g = torch.Generator().manual_seed(7)
+    video_in = torch.cat([first, torch.randn(B, cfg.video.in_channels, nf, 2 * HP, 2 * WP, generator=g)], 2)
+    rope = model.video_rope(1 + nf, HP, WP)
+    mask = build_mask("fast_wam", {"first": HP * WP, "future": HP * WP * nf, "action": cfg.action_horizon})
+    x = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
+    for i in range(cfg.num_inference_steps):
+        t = loop.sigmas[i].expand(B)
+        t_frames = torch.cat([torch.zeros(B, 1), t[:, None].expand(B, nf)], dim=1)
+        _, v_ref = model.forward_tokens(video_in, t_frames, rope, plain, x, t, mask)
+        assert (loop.velocity(x, i) - v_ref).abs().max().item() <= 1e-5, f"step {i}"
+        x = x + (loop.sigmas[i + 1] - loop.sigmas[i]) * v_ref
 
 
 def model_sigmas(model, steps):
@@ -106,9 +147,9 @@ def test_removing_the_mask_changes_the_actions():
     model = _model()
     cfg = model.config
     latents, text, state = _inputs(model)
-    ctx = _plain_context(model, model._raw_context(text, None, state))
+    ctx = _plain_context(model, model.context_tokens(text, None, state))
     nf = cfg.future_latent_frames
-    rope = model._video_rope(1 + nf, HP, WP)
+    rope = model.video_rope(1 + nf, HP, WP)
     t_frames = torch.cat([torch.zeros(B, 1), torch.full((B, nf), 0.5)], dim=1)
     actions = torch.randn(B, cfg.action_horizon, cfg.action_dim)
     mask = build_mask("fast_wam", {"first": HP * WP, "future": HP * WP * nf, "action": cfg.action_horizon})
@@ -226,7 +267,7 @@ def test_the_action_head_is_a_bare_linear_not_taken_from_the_video_head():
 
 def test_action_rope_is_1d_over_the_whole_head_dim_at_positions_0_to_h_minus_1():
     model = _model()
-    cos, sin = model._action_rope("cpu")
+    cos, sin = model.action_rope("cpu")
     h, d = model.config.action_horizon, model.config.video.attention_head_dim
     assert cos.shape == sin.shape == (1, h, 1, d)
     # Interleaved pairs: angle of pair i at position p is p / 10000^(2i / d).

@@ -4,7 +4,9 @@ previous plan that disagrees with it follows that plan over the frozen delay."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,14 @@ import torch
 from fastwam.config import preset
 from fastwam.model import FastWAM, rtc
 from fastwam.model.flow import sigma_grid
+
+# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
+# pytest's importlib mode, where the test folder is not on sys.path.
+_spec = importlib.util.spec_from_file_location(
+    "model_reference", Path(__file__).with_name("model_reference.py")
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 H, A = 16, 6
 SIG = sigma_grid(10, 5.0).tolist()
@@ -116,7 +126,8 @@ def _guided(model, first, ctx, target, weights, beta, noise, samples=1):
 def test_guidance_weight_zero_and_zero_mask_equal_plain_sampling(model_and_cache):
     model, first, ctx = model_and_cache
     noise = _noise(2)
-    plain = model.sample_actions(model.build_action_cache(first, ctx), 1, noise=noise)[0]
+    # Plain sampling: the static loop of FastWAM.infer, from the same noise (generator seed 2).
+    plain = model.infer(first, ctx, generator=torch.Generator().manual_seed(2), samples=1)[0][0]
     target = torch.randn(H, A)
     weights = rtc.prefix_weights(4, 12, H, "exp")
     # beta = 0: the plain velocity, no backward pass.
@@ -124,9 +135,9 @@ def test_guidance_weight_zero_and_zero_mask_equal_plain_sampling(model_and_cache
     # beta > 0 but a mask of zeros: the vector-Jacobian product runs and contributes nothing.
     zero = _guided(model, first, ctx, target, np.zeros(H), 5.0, noise)
     assert (zero - plain).abs().max().item() <= 1e-6
-    # The static loop of FastWAM.infer (what plain sampling runs) draws the same chunk.
-    inferred, _ = model.infer(first, ctx, generator=torch.Generator().manual_seed(2), samples=1)
-    assert (inferred[0] - plain).abs().max().item() <= 1e-4
+    # The eager module-by-module reference draws the same chunk.
+    eager = reference.sample_actions(model, reference.build_action_cache(model, first, ctx), 1, noise=noise)
+    assert (eager[0] - plain).abs().max().item() <= 1e-4
 
 
 def test_frozen_prefix_follows_the_previous_plan(model_and_cache):
@@ -136,9 +147,9 @@ def test_frozen_prefix_follows_the_previous_plan(model_and_cache):
     0.012 over this grid (10 steps, shift 5, beta 5); the random expert's Jacobian leaves 0.045
     here. The bound is 0.1 of the unguided disagreement."""
     model, first, ctx = model_and_cache
-    cache = model.build_action_cache(first, ctx)
-    previous = model.sample_actions(cache, 1, noise=_noise(10))[0]
-    free = model.sample_actions(cache, 1, noise=_noise(11))[0]
+    cache = reference.build_action_cache(model, first, ctx)
+    previous = reference.sample_actions(model, cache, 1, noise=_noise(10))[0]
+    free = reference.sample_actions(model, cache, 1, noise=_noise(11))[0]
     d, end = 4, 10
     weights = rtc.prefix_weights(d, end, H, "exp")
     guided = _guided(model, first, ctx, previous, weights, 5.0, _noise(11))
@@ -159,12 +170,15 @@ def test_frozen_prefix_follows_the_previous_plan(model_and_cache):
 
 def test_guidance_differentiates_the_action_expert_only(model_and_cache):
     model, first, ctx = model_and_cache
-    cache = model.build_action_cache(first, ctx)
+    steps = model.config.num_inference_steps
+    loop = model.action_loop(first, ctx, steps, 1.0, 1)
+    loop.prefill(first, ctx)
+    cache = loop.cache
     n0 = cache.n_prefix
     prefix_k = [k[:, :, :n0].clone() for k in cache.k]
-    velocity = rtc.expert_velocity(model, cache, 1.0)
-    sig = sigma_grid(model.config.num_inference_steps, model.config.sample_shift)
-    out = rtc.sample_guided(velocity, _noise(3), sig, torch.zeros(H, A), torch.ones(H, 1), 5.0)
+    sig = sigma_grid(steps, model.config.sample_shift)
+    assert torch.equal(loop.sigmas, sig)
+    out = rtc.sample_guided(loop.velocity, _noise(3), sig, torch.zeros(H, A), torch.ones(H, 1), 5.0)
     assert torch.isfinite(out).all() and not out.requires_grad
     assert all(torch.equal(k[:, :, :n0], p) for k, p in zip(cache.k, prefix_k))  # constant prefix
     assert all(p.grad is None for p in model.parameters())  # a VJP in x, no parameter gradients
@@ -181,12 +195,14 @@ def test_cfg_guided_with_zero_weight_equals_plain_cfg_sampling():
     noise = _noise(4)
     from fastwam.model.fastwam import Context
 
-    cache = model.build_action_cache(torch.cat([first, first]), Context.cat([cond, uncond]))
-    plain = model.sample_actions(cache, 1, noise=noise)[0]
+    plain = model.infer(first, cond, uncond, generator=torch.Generator().manual_seed(4))[0][0]
     guided, _ = rtc.infer_guided(
         model, first, cond, uncond, torch.zeros(H, A), torch.zeros(H, 1), 5.0, noise=noise
     )
     assert (guided[0] - plain).abs().max().item() <= 1e-6
+    cache = reference.build_action_cache(model, torch.cat([first, first]), Context.cat([cond, uncond]))
+    eager = reference.sample_actions(model, cache, 1, noise=noise)[0]
+    assert (eager - plain).abs().max().item() <= 1e-5  # the static loop against the eager reference
 
 
 def test_policy_predict_with_a_guide(tmp_path):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastwam.model.fastwam import ActionCache, Context, FastWAM
+from fastwam.model.context import ActionCache, Context
+from fastwam.model.fastwam import FastWAM
 from fastwam.model.wan import WanComponents, build_random_components, latent_frame_mask
 
 __all__ = [

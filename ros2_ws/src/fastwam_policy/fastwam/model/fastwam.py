@@ -10,19 +10,23 @@ a 1-D RoPE over the whole head dim at position j (``action_expert.action_rope``,
 code), so actions have identical positions in training (future frames present) and in Fast-WAM
 inference (first frame only). The action head is a bare Linear (no norm or modulation).
 
-Inference (``infer``):
+Where things live: the Wan block (``block``), the MoT layer (``mot``), embeddings (``embed``),
+the context and cache types (``context``), the variants' rules (``variants``, ``masks``), the
+sampler (``flow.euler``) and the static cached action loop (``action_loop``).
 
-* fast_wam / no_cotrain: one video pass over the clean first-frame latents (t = 0, no mask: the
-  first frame sees only itself) fills per-layer K/V buffers ``[B, heads, N_prefix + H, head_dim]``;
-  each of the N Euler steps runs only the action expert, writes its K/V into the buffer tail and
-  attends to the whole buffer (no mask: actions see first frame + actions). ``infer`` runs this
-  as a static ``ActionLoop`` (``fastwam.model.action_loop``: per-step modulation precomputed,
-  preallocated buffers, optional CUDA graphs / torch.compile); ``build_action_cache`` +
-  ``sample_actions`` are the eager reference it is tested against.
-* joint: each step runs the full masked MoT over [first frame, noisy future video, noisy actions]
-  and updates video and actions together (the imagine-then-execute reference: no caching).
-* idm: N steps of masked video-only denoising of the future frames, then a prefix pass over
-  [first frame, generated future] (cached as above) and N action-expert steps.
+Inference (``infer``), by the variant's ``inference`` rule:
+
+* ``first_frame`` (fast_wam / no_cotrain): one video pass over the clean first-frame latents
+  (t = 0, no mask: the first frame sees only itself) fills per-layer K/V buffers
+  ``[B, heads, N_prefix + H, head_dim]``; each of the N Euler steps runs only the action expert,
+  writes its K/V into the buffer tail and attends to the whole buffer (no mask: actions see first
+  frame + actions). This runs as a static ``ActionLoop`` (per-step modulation precomputed,
+  preallocated buffers, optional CUDA graphs / torch.compile); the eager module-by-module
+  reference it is tested against is in the tests (``test/model_reference.py``).
+* ``joint``: each step runs the full masked MoT over [first frame, noisy future video, noisy
+  actions] and updates video and actions together (the imagine-then-execute reference: no cache).
+* ``imagined_future`` (idm): N steps of masked video-only denoising of the future frames, then a
+  prefix pass over [first frame, generated future] (cached as above) and N action-expert steps.
 
 Classifier-free guidance: unconditional = the empty instruction (``""`` through the text encoder,
 without the prompt template), state token kept; the conditional and unconditional passes run as
@@ -34,71 +38,25 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastwam.config import FastWAMConfig
-from fastwam.model import flow
+from fastwam.model import embed, flow
 from fastwam.model.action_expert import ActionExpert, action_rope, init_expert_from_video
 from fastwam.model.action_loop import ActionLoop, check_compile_mode
+from fastwam.model.block import BlockConstants, BlockWeights, cross_kv
+from fastwam.model.context import ActionCache, Context
 from fastwam.model.masks import build_mask
-from fastwam.model.mot import Stream, cross_kv, post_attention, pre_attention, prefix_kv, shared_layer
+from fastwam.model.mot import Stream, shared_layer
+from fastwam.model.variants import variant_rules
 from fastwam.model.wan import build_video_transformer, load_video_transformer
 
-KV = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class Context:
-    """Cross-attention context of both branches, either as projected tokens (training) or as
-    per-layer K/V (inference cache). Batch-first; ``cat`` stacks cond/uncond for CFG."""
-
-    video_kv: list[KV] | None = None
-    expert_kv: list[KV] | None = None
-    video_ctx: torch.Tensor | None = None  # [B, L, D_video]
-    expert_ctx: torch.Tensor | None = None  # [B, L, D_action]
-
-    def video_stream_kwargs(self, layer: int) -> dict:
-        if self.video_kv is not None:
-            return {"context_kv": self.video_kv[layer]}
-        return {"context": self.video_ctx}
-
-    def expert_stream_kwargs(self, layer: int) -> dict:
-        if self.expert_kv is not None:
-            return {"context_kv": self.expert_kv[layer]}
-        return {"context": self.expert_ctx}
-
-    @staticmethod
-    def cat(items: list[Context]) -> Context:
-        def cat_kv(lists):
-            return [
-                (torch.cat([x[i][0] for x in lists]), torch.cat([x[i][1] for x in lists]))
-                for i in range(len(lists[0]))
-            ]
-
-        first = items[0]
-        return Context(
-            video_kv=cat_kv([c.video_kv for c in items]) if first.video_kv is not None else None,
-            expert_kv=cat_kv([c.expert_kv for c in items]) if first.expert_kv is not None else None,
-            video_ctx=torch.cat([c.video_ctx for c in items]) if first.video_ctx is not None else None,
-            expert_ctx=torch.cat([c.expert_ctx for c in items]) if first.expert_ctx is not None else None,
-        )
-
-
-@dataclass
-class ActionCache:
-    """Everything an action step reads: static shapes, preallocated K/V buffers (CUDA-graph ready)."""
-
-    k: list[torch.Tensor]  # per layer [B, heads, N_prefix + H, head_dim]; prefix part filled once
-    v: list[torch.Tensor]
-    n_prefix: int
-    expert_kv: list[KV]  # per layer cross-attention K/V of [instruction; state]
-    rope: tuple[torch.Tensor, torch.Tensor]  # action RoPE [1, H, 1, head_dim]
+__all__ = ["ActionCache", "Context", "FastWAM"]  # the types are re-exported for callers of this module
 
 
 class FastWAM(nn.Module):
@@ -145,10 +103,7 @@ class FastWAM(nn.Module):
     def device(self) -> torch.device:
         return self.expert.action_in.weight.device
 
-    def _layer_pairs(self):
-        return zip(self.video.blocks, self.expert.blocks)
-
-    def _raw_context(self, text_embeds, text_mask, state) -> torch.Tensor:
+    def context_tokens(self, text_embeds, text_mask, state) -> torch.Tensor:
         """[text (padding zeroed); state token] in model dtype: [B, L (+1), D_text]."""
         ctx = text_embeds.to(self.dtype)
         if text_mask is not None:
@@ -163,50 +118,17 @@ class FastWAM(nn.Module):
             ctx = torch.cat([ctx, self.state_proj(state.to(self.dtype)).unsqueeze(1)], dim=1)
         return ctx
 
-    def _time_embed(self, embedder, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t in [0, 1], any shape S -> temb [*S, D], temb_proj [*S, 6 D] (diffusers' dtype handling)."""
-        shape = t.shape
-        ts = embedder.timesteps_proj((t * flow.TIMESTEP_SCALE).flatten()).unflatten(0, shape)
-        emb_dtype = next(iter(embedder.time_embedder.parameters())).dtype
-        if ts.dtype != emb_dtype:
-            ts = ts.to(emb_dtype)
-        temb = embedder.time_embedder(ts).type_as(like)
-        return temb, embedder.time_proj(embedder.act_fn(temb))
+    def token_grid(self, latents: torch.Tensor) -> tuple[int, int]:
+        """Tokens per row and column of latents [B, C, F, h, w]."""
+        return embed.token_grid(self.video, latents)
 
-    def _video_embed(self, latents: torch.Tensor, t_frames: torch.Tensor):
-        """latents [B, C, F, h, w], per-frame t [B, F] -> tokens [B, N, D], temb [B, N, D],
-        temb_proj [B, N, 6, D], tokens per frame."""
-        vm = self.video
-        x = vm.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
-        per_frame = x.shape[1] // latents.shape[2]
-        t_tok = t_frames.repeat_interleave(per_frame, dim=1)
-        temb, proj = self._time_embed(vm.condition_embedder, t_tok, x)
-        return x, temb, proj.unflatten(2, (6, -1)), per_frame
+    def video_rope(self, num_frames: int, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) of frames 0..num_frames-1 of an hp x wp token grid: [1, N, 1, head_dim]."""
+        return embed.video_rope(self.video, num_frames, hp, wp)
 
-    def _video_rope(self, num_frames: int, hp: int, wp: int):
-        """RoPE of frames 0..num_frames-1 of an hp x wp token grid: [1, N, 1, head_dim] each."""
-        p_t, p_h, p_w = self.video.config.patch_size
-        return self.video.rope(torch.empty(1, 1, num_frames * p_t, hp * p_h, wp * p_w, device="meta"))
-
-    def _video_out(self, x: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        vm = self.video
-        shift, scale = (vm.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-        x = (vm.norm_out(x.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
-        x = vm.proj_out(x)
-        p_t, p_h, p_w = vm.config.patch_size
-        f, hp, wp = grid
-        x = x.reshape(x.shape[0], f, hp, wp, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-
-    def _action_rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def action_rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) of the action tokens: [1, H, 1, head_dim] (``action_expert.action_rope``)."""
         return action_rope(self.config.action_horizon, self.config.video.attention_head_dim, device)
-
-    def _action_out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expert.proj_out(x).float()
-
-    def _grid(self, latents: torch.Tensor) -> tuple[int, int]:
-        _, p_h, p_w = self.video.config.patch_size
-        return latents.shape[-2] // p_h, latents.shape[-1] // p_w
 
     # -- the shared forward ------------------------------------------------------------------------
     def forward_tokens(
@@ -222,32 +144,37 @@ class FastWAM(nn.Module):
         """Masked MoT over [video tokens; action tokens] (uncached; training / joint / IDM video).
 
         video_latents [B, C, F, h, w] (groups concatenated along frames), t_frames [B, F] in [0, 1],
-        video_rope per video token, actions [B, H, A] (or None), t_actions [B].
+        video_rope (cos, sin) per video token, actions [B, H, A] (or None), t_actions [B].
         Returns (video velocity [B, C, F, h, w], action velocity [B, H, A] or None).
         """
-        xv, temb_v, proj_v, _ = self._video_embed(video_latents, t_frames)
+        vm, ex = self.video, self.expert
+        xv = embed.patchify(vm, video_latents.to(self.dtype))
+        t_tok = t_frames.repeat_interleave(xv.shape[1] // video_latents.shape[2], dim=1)
+        temb_v, proj_v = embed.time_embedding(vm.condition_embedder, t_tok, xv)
+        proj_v = proj_v.unflatten(2, (6, -1))  # [B, N, 6, D]: per token
+        rope_v = embed.rope_tables(*video_rope)
         xa = proj_a = rope_a = None
         if actions is not None:
-            xa = self.expert.action_in(actions.to(self.dtype))
-            _, proj_a = self._time_embed(self.expert.condition_embedder, t_actions, xa)
-            proj_a = proj_a.unflatten(1, (6, -1))
-            rope_a = self._action_rope(xa.device)
-        for layer, (vb, ab) in enumerate(self._layer_pairs()):
-            streams = [Stream(xv, proj_v, video_rope, **ctx.video_stream_kwargs(layer))]
+            xa = ex.action_in(actions.to(self.dtype))
+            _, proj_a = embed.time_embedding(ex.condition_embedder, t_actions, xa)
+            proj_a = proj_a.unflatten(1, (6, -1)).unsqueeze(1)  # [B, 1, 6, D]: per sample
+            rope_a = embed.rope_tables(*self.action_rope(xa.device))
+        for layer, (vb, ab) in enumerate(zip(vm.blocks, ex.blocks)):
+            streams = [Stream(xv, proj_v, rope_v, **ctx.video_stream_kwargs(layer))]
             blocks = [vb]
             if xa is not None:
                 streams.append(Stream(xa, proj_a, rope_a, **ctx.expert_stream_kwargs(layer)))
                 blocks.append(ab)
-            run = self.layer_runners[layer] if self.layer_runners is not None else _layer_outputs
+            run = self.layer_runners[layer] if self.layer_runners is not None else shared_layer
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 new = checkpoint(run, blocks, streams, mask, use_reentrant=False)
             else:
                 new = run(blocks, streams, mask)
             xv = new[0]
             xa = new[1] if xa is not None else None
-        f = video_latents.shape[2]
-        video_v = self._video_out(xv, temb_v, (f, *self._grid(video_latents)))
-        action_v = self._action_out(xa) if xa is not None else None
+        grid = (video_latents.shape[2], *self.token_grid(video_latents))
+        video_v = embed.video_head(vm, xv, temb_v, grid)
+        action_v = ex.proj_out(xa).float() if xa is not None else None  # the bare head
         return video_v, action_v
 
     # -- training ----------------------------------------------------------------------------------
@@ -294,11 +221,12 @@ class FastWAM(nn.Module):
             )
         if latent_frame_mask.shape != (b, f):
             raise ValueError(f"latent_frame_mask must be {(b, f)}, got {tuple(latent_frame_mask.shape)}")
-        cotrain = cfg.variant != "no_cotrain"
+        rules = variant_rules(cfg.variant)
+        cotrain = rules.video_loss
         if cotrain and f != cfg.num_latent_frames:
             raise ValueError(f"latents have {f} frames, config expects {cfg.num_latent_frames}")
         dev = latents.device
-        raw = self._raw_context(text_embeds, text_mask, state)
+        raw = self.context_tokens(text_embeds, text_mask, state)
         ctx = Context(
             video_ctx=self.video.condition_embedder.text_embedder(raw),
             expert_ctx=self.expert.condition_embedder.text_embedder(raw),
@@ -308,13 +236,13 @@ class FastWAM(nn.Module):
         actions = actions.float()
         a_t = flow.add_noise(actions, eps_a, t_act)
 
-        hp, wp = self._grid(latents)
+        hp, wp = self.token_grid(latents)
         first = latents[:, :, :1].float()
         n0 = hp * wp
         if not cotrain:
             video_in, t_frames = first, torch.zeros(b, 1, device=dev)
             sizes = {"first": n0}
-            rope = self._video_rope(1, hp, wp)
+            rope = self.video_rope(1, hp, wp)
         else:
             fut = latents[:, :, 1:].float()
             nf = fut.shape[2]
@@ -324,8 +252,8 @@ class FastWAM(nn.Module):
             video_in = torch.cat([first, fut_t], dim=2)
             t_frames = torch.cat([torch.zeros(b, 1, device=dev), t_vid[:, None].expand(b, nf)], dim=1)
             sizes = {"first": n0, "future": n0 * nf}
-            rope = self._video_rope(1 + nf, hp, wp)
-            if cfg.variant == "idm":
+            rope = self.video_rope(1 + nf, hp, wp)
+            if rules.future_condition:
                 t_aug = self._idm_aug_t(b, generator, dev)
                 eps_c = torch.randn(fut.shape, generator=generator, device=dev, dtype=torch.float32)
                 cond = flow.add_noise(fut, eps_c, t_aug)
@@ -382,12 +310,11 @@ class FastWAM(nn.Module):
         return self._context_kv(raw)
 
     def _context_kv(self, raw: torch.Tensor) -> Context:
-        cv = self.video.condition_embedder.text_embedder(raw)
-        ca = self.expert.condition_embedder.text_embedder(raw)
-        return Context(
-            video_kv=[cross_kv(vb.attn2, cv) for vb in self.video.blocks],
-            expert_kv=[cross_kv(ab.attn2, ca) for ab in self.expert.blocks],
-        )
+        def per_layer(branch):
+            tokens = branch.condition_embedder.text_embedder(raw)
+            return [cross_kv(BlockWeights.of(b), BlockConstants.of(b), tokens) for b in branch.blocks]
+
+        return Context(video_kv=per_layer(self.video), expert_kv=per_layer(self.expert))
 
     @torch.no_grad()
     def with_state(self, text: Context, state: torch.Tensor | None) -> Context:
@@ -411,110 +338,7 @@ class FastWAM(nn.Module):
 
         return Context(video_kv=join(text.video_kv, s.video_kv), expert_kv=join(text.expert_kv, s.expert_kv))
 
-    # -- inference: cached action loop --------------------------------------------------------------
-    @torch.no_grad()
-    def build_action_cache(
-        self,
-        prefix_latents: torch.Tensor,
-        ctx: Context,
-        prefix_mask: torch.Tensor | None = None,
-        out: ActionCache | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> ActionCache:
-        """Run the video branch once over clean prefix latents [B, C, F, h, w] (t = 0) and keep each
-        layer's K/V in buffers with room for the H action tokens.
-
-        Only what the cache needs is computed: every prefix token has t = 0, so the timestep
-        embedding and the modulation are computed once per sample (not per token); the last
-        layer contributes only its K/V (no query, attention output, cross-attention or FFN), and
-        the output head never runs. ``out``: write into these preallocated buffers (static
-        addresses for graph capture) instead of allocating; ``rope``: precomputed prefix RoPE."""
-        b, _, f, h, w = prefix_latents.shape
-        hp, wp = self._grid(prefix_latents)
-        vm = self.video
-        x = vm.patch_embedding(prefix_latents.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
-        zeros = torch.zeros(b, device=prefix_latents.device)
-        _, proj = self._time_embed(vm.condition_embedder, zeros, x)
-        proj = proj.unflatten(1, (6, -1))  # [B, 6, D]: the same for every token
-        rope = rope if rope is not None else self._video_rope(f, hp, wp)
-        n_prefix = x.shape[1]
-        n_layers = len(vm.blocks)
-        if out is None:
-            heads = vm.config.num_attention_heads
-            hd = vm.config.attention_head_dim
-            n_all = n_prefix + self.config.action_horizon
-            out = ActionCache(
-                k=[x.new_empty(b, heads, n_all, hd) for _ in range(n_layers)],
-                v=[x.new_empty(b, heads, n_all, hd) for _ in range(n_layers)],
-                n_prefix=n_prefix,
-                expert_kv=ctx.expert_kv,
-                rope=self._action_rope(x.device),
-            )
-        elif out.n_prefix != n_prefix:
-            raise ValueError(f"cache buffers hold {out.n_prefix} prefix tokens, the prefix has {n_prefix}")
-        for layer, vb in enumerate(vm.blocks):
-            s = Stream(x, proj, rope, **ctx.video_stream_kwargs(layer))
-            if layer == n_layers - 1:
-                k, v = prefix_kv(vb, s)
-            else:
-                (x,), ((k, v),) = shared_layer([vb], [s], prefix_mask)
-            out.k[layer][:, :, :n_prefix].copy_(k)
-            out.v[layer][:, :, :n_prefix].copy_(v)
-        return out
-
-    # No @torch.no_grad(): real-time chunking (fastwam.model.rtc) differentiates it in x; its callers
-    # here (sample_actions, infer) run under no_grad.
-    def action_velocity(self, cache: ActionCache, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """One action-expert evaluation against the cache: x [B, H, A], t [B] -> velocity [B, H, A].
-
-        Static shapes, no data-dependent control flow: capturable with CUDA graphs."""
-        ex = self.expert
-        h = ex.action_in(x.to(self.dtype))
-        _, proj = self._time_embed(ex.condition_embedder, t, h)
-        proj = proj.unflatten(1, (6, -1))
-        n0 = cache.n_prefix
-        for layer, ab in enumerate(ex.blocks):
-            s = Stream(h, proj, cache.rope, context_kv=cache.expert_kv[layer])
-            q, k, v, mods = pre_attention(ab, s)
-            cache.k[layer][:, :, n0:].copy_(k)
-            cache.v[layer][:, :, n0:].copy_(v)
-            o = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer])
-            h = post_attention(ab, s, o, q, mods)
-        return self._action_out(h)
-
-    def _guided(self, fn: Callable, x: torch.Tensor, scale: float) -> torch.Tensor:
-        """fn(x_batch) on [x; x] (cond; uncond) when scale != 1, combined with CFG."""
-        if scale == 1.0:
-            return fn(x)
-        v = fn(torch.cat([x, x]))
-        vc, vu = v.chunk(2)
-        return flow.cfg_combine(vc, vu, scale)
-
-    @torch.no_grad()
-    def sample_actions(
-        self,
-        cache: ActionCache,
-        batch_size: int,
-        steps: int | None = None,
-        cfg_scale: float | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Euler integration of the action flow from t = 1 to 0 against a cache -> [B, H, A] (fp32).
-        With cfg_scale != 1 the cache must hold [cond; uncond] (batch 2B)."""
-        cfg = self.config
-        steps = steps or cfg.num_inference_steps
-        scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
-        shape = (batch_size, cfg.action_horizon, cfg.action_dim)
-        x = noise if noise is not None else self._randn(shape, generator)
-        x = x.float()
-        sig = flow.sigma_grid(steps, cfg.sample_shift, device=self.device)
-        for i in range(steps):
-            t = sig[i].expand(x.shape[0] * (1 if scale == 1.0 else 2))
-            v = self._guided(lambda xx, t=t: self.action_velocity(cache, xx, t), x, scale)
-            x = x + (sig[i + 1] - sig[i]) * v
-        return x
-
+    # -- inference: the cached action loop ----------------------------------------------------------
     max_action_loops = 4
 
     def action_loop(
@@ -535,7 +359,7 @@ class FastWAM(nn.Module):
         )  # fmt: skip
         loop = self._action_loops.get(key)
         if loop is None:
-            hp, wp = self._grid(prefix)
+            hp, wp = self.token_grid(prefix)
             n_prefix = prefix.shape[2] // self.video.config.patch_size[0] * hp * wp
             loop = ActionLoop(self, batch, n_prefix, ctx_len, steps, cfg_scale, compile=mode, samples=samples)
             self._action_loops[key] = loop
@@ -563,17 +387,18 @@ class FastWAM(nn.Module):
         context (``with_state(encode_instruction(...), state)``). Returns (actions, timings_ms) with
         keys "prefix" and "action" (``sync`` is called before each clock read, e.g. cuda.synchronize).
 
-        The cached variants run the static ``ActionLoop`` (same numbers as ``build_action_cache`` +
-        ``sample_actions``, tested to 1e-5); ``compile`` overrides ``self.compile_mode``.
+        The cached variants run the static ``ActionLoop`` (tested against the eager module-by-module
+        reference to 1e-5); ``compile`` overrides ``self.compile_mode``.
         ``samples`` (default ``config.num_action_samples``): the actions are the mean of this many
         draws, sampled as one batch against one prefix pass (IDM: one imagined future for all)."""
         cfg = self.config
+        rules = variant_rules(cfg.variant)
         steps = steps or cfg.num_inference_steps
         scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
         samples = cfg.num_action_samples if samples is None else samples
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
-        if samples > 1 and cfg.variant == "joint":
+        if samples > 1 and not rules.cached_loop:
             raise ValueError(
                 "several action samples per chunk need the cached action loop (fast_wam, no_cotrain, "
                 "idm); joint denoises video and actions together"
@@ -586,29 +411,22 @@ class FastWAM(nn.Module):
         sync = sync or (lambda: None)
         sync()
         t0 = time.perf_counter()
-        if cfg.variant in ("fast_wam", "no_cotrain"):
-            prefix = first_latents if scale == 1.0 else torch.cat([first_latents, first_latents])
-            mask = None
-        elif cfg.variant == "joint":
-            t1 = t0
+        if not rules.cached_loop:
             actions = self._sample_joint(first_latents, ctx, steps, scale, generator)
-        else:
-            future = self._sample_future_video(first_latents, ctx, steps, scale, generator)
-            prefix = torch.cat([first_latents, future.to(self.dtype)], dim=2)
-            hp, wp = self._grid(prefix)
-            mask = build_mask(
-                "idm", {"first": hp * wp, "cond": hp * wp * future.shape[2]}, device=self.device
-            )
-            if scale != 1.0:
-                prefix = torch.cat([prefix, prefix])
-        if cfg.variant != "joint":
-            loop = self.action_loop(prefix, ctx, steps, scale, b, compile=compile, samples=samples)
-            loop.prefill(prefix, ctx, mask)
             sync()
-            t1 = time.perf_counter()
-            shape = (b * samples, cfg.action_horizon, cfg.action_dim)
-            actions = loop.sample(self._randn(shape, generator))
-            actions = actions.unflatten(0, (b, samples)).mean(1)  # [B, H, A]
+            return actions, {"prefix": 0.0, "action": (time.perf_counter() - t0) * 1e3}
+        prefix, mask = first_latents, None
+        if rules.inference == "imagined_future":
+            prefix, mask = self._imagined_prefix(first_latents, ctx, steps, scale, generator)
+        if scale != 1.0:
+            prefix = torch.cat([prefix, prefix])
+        loop = self.action_loop(prefix, ctx, steps, scale, b, compile=compile, samples=samples)
+        loop.prefill(prefix, ctx, mask)
+        sync()
+        t1 = time.perf_counter()
+        shape = (b * samples, cfg.action_horizon, cfg.action_dim)
+        actions = loop.sample(self._randn(shape, generator))
+        actions = actions.unflatten(0, (b, samples)).mean(1)  # [B, H, A]
         sync()
         t2 = time.perf_counter()
         return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}
@@ -624,36 +442,46 @@ class FastWAM(nn.Module):
         shape = (b, c, self.config.future_latent_frames, h, w)
         return self._randn(shape, generator)
 
+    def _imagined_prefix(self, first, ctx, steps, scale, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """IDM's prefix: [first; imagined future] latents and the IDM mask over them."""
+        future = self.sample_future_video(first, ctx, steps, scale, generator)
+        prefix = torch.cat([first, future.to(self.dtype)], dim=2)
+        n0 = prod(self.token_grid(prefix))
+        mask = build_mask("idm", {"first": n0, "cond": n0 * future.shape[2]}, device=self.device)
+        return prefix, mask
+
     @torch.no_grad()
-    def _sample_future_video(self, first, ctx, steps, scale, generator) -> torch.Tensor:
-        """IDM stage 1: denoise the future latent frames (video branch only, masked)."""
+    def sample_future_video(self, first, ctx, steps, scale, generator) -> torch.Tensor:
+        """IDM stage 1: denoise the future latent frames (video branch only, masked) -> fp32."""
         fut = self._future_noise(first, generator)
         nf = fut.shape[2]
-        hp, wp = self._grid(first)
-        rope = self._video_rope(1 + nf, hp, wp)
+        hp, wp = self.token_grid(first)
+        rope = self.video_rope(1 + nf, hp, wp)
         mask = build_mask("idm", {"first": hp * wp, "future": hp * wp * nf}, device=self.device)
         sig = flow.sigma_grid(steps, self.config.sample_shift, device=self.device)
-        for i in range(steps):
 
-            def fn(xx, t=sig[i]):
+        def velocity(x, i):
+            def batch(xx):
                 n = xx.shape[0]
                 lat = torch.cat([_repeat_batch(first, n), xx.to(self.dtype)], dim=2)
-                tf = torch.cat([torch.zeros(n, 1, device=self.device), t.expand(n, nf)], dim=1)
+                tf = torch.cat([torch.zeros(n, 1, device=self.device), sig[i].expand(n, nf)], dim=1)
                 return self.forward_tokens(lat, tf, rope, ctx, mask=mask)[0][:, :, 1:].float()
 
-            fut = fut + (sig[i + 1] - sig[i]) * self._guided(fn, fut, scale)
-        return fut
+            return flow.guided(batch, x, scale)
+
+        return flow.euler(velocity, fut, sig)
 
     @torch.no_grad()
     def _sample_joint(self, first, ctx, steps, scale, generator) -> torch.Tensor:
-        """Joint: video and actions denoised together, full masked pass per step."""
+        """Joint: video and actions denoised together, full masked pass per step; the Euler state
+        is [future video; actions] flattened per sample."""
         cfg = self.config
         b = first.shape[0]
         fut = self._future_noise(first, generator)
         act = self._randn((b, cfg.action_horizon, cfg.action_dim), generator)
         nf = fut.shape[2]
-        hp, wp = self._grid(first)
-        rope = self._video_rope(1 + nf, hp, wp)
+        hp, wp = self.token_grid(first)
+        rope = self.video_rope(1 + nf, hp, wp)
         mask = build_mask(
             "joint",
             {"first": hp * wp, "future": hp * wp * nf, "action": cfg.action_horizon},
@@ -662,26 +490,21 @@ class FastWAM(nn.Module):
         n_fut = fut[0].numel()
         fut_shape = fut.shape[1:]
         sig = flow.sigma_grid(steps, cfg.sample_shift, device=self.device)
-        for i in range(steps):
 
-            def fn(xx, t=sig[i]):
+        def velocity(x, i):
+            def batch(xx):
                 n = xx.shape[0]
                 fv = xx[:, :n_fut].view(n, *fut_shape)
                 av = xx[:, n_fut:].view(n, cfg.action_horizon, cfg.action_dim)
                 lat = torch.cat([_repeat_batch(first, n), fv.to(self.dtype)], dim=2)
-                tf = torch.cat([torch.zeros(n, 1, device=self.device), t.expand(n, nf)], dim=1)
-                vv, va = self.forward_tokens(lat, tf, rope, ctx, av, t.expand(n), mask)
+                tf = torch.cat([torch.zeros(n, 1, device=self.device), sig[i].expand(n, nf)], dim=1)
+                vv, va = self.forward_tokens(lat, tf, rope, ctx, av, sig[i].expand(n), mask)
                 return torch.cat([vv[:, :, 1:].float().flatten(1), va.flatten(1)], dim=1)
 
-            state = torch.cat([fut.flatten(1), act.flatten(1)], dim=1)
-            state = state + (sig[i + 1] - sig[i]) * self._guided(fn, state, scale)
-            fut = state[:, :n_fut].view_as(fut)
-            act = state[:, n_fut:].view_as(act)
-        return act
+            return flow.guided(batch, x, scale)
 
-
-def _layer_outputs(blocks, streams, mask):
-    return shared_layer(blocks, streams, mask)[0]
+        state = flow.euler(velocity, torch.cat([fut.flatten(1), act.flatten(1)], dim=1), sig)
+        return state[:, n_fut:].view_as(act)
 
 
 def _repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -21,12 +21,13 @@ and the weight ``min(beta, (1 - tau) / (tau r_tau^2))``) with tau = 1 - t and th
 velocity; the same weight as LeRobot's ``RTCProcessor.denoise_step`` (huggingface/lerobot,
 src/lerobot/policies/rtc/modeling_rtc.py, lines 155-159 at commit 00f4c86). The soft mask W is
 `prefix_weights`. Only the action expert is differentiated: the video prefix's cached K/V are
-constants (detached), so one step costs a forward and a backward pass of the expert.
+constants (detached), so one step costs a forward and a backward pass of the expert. The prefix and
+the velocity are the static action loop's (``ActionLoop.prefill`` / ``ActionLoop.velocity``), so
+with no guidance the chunk is the one plain sampling draws.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +37,9 @@ import numpy as np
 import torch
 
 from fastwam.model import flow
-from fastwam.model.fastwam import ActionCache, Context, FastWAM
+from fastwam.model.context import Context
+from fastwam.model.fastwam import FastWAM
+from fastwam.model.variants import variant_rules
 
 SCHEDULES = ("linear", "exp", "ones", "zeros")
 # The paper clips the guidance weight at beta = 5 in its experiments; LeRobot's RTCConfig defaults to
@@ -138,24 +141,26 @@ class ChunkGuide:
         )
 
 
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B, H, A], t scalar) -> v
+Velocity = Callable[[torch.Tensor, int], torch.Tensor]  # (x [B, H, A], Euler step i) -> v at sigmas[i]
 
 
 def guided_velocity(
     velocity: Velocity,
     x: torch.Tensor,
+    step: int,
     t: torch.Tensor,
     target: torch.Tensor,
     weights: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
-    """v_rtc at (x, t) (module docstring); plain v when the clipped weight is 0 (no backward pass)."""
+    """v_rtc at (x, t = sigmas[step]) (module docstring); plain v when the clipped weight is 0 (no
+    backward pass)."""
     w = guidance_weight(float(t), beta)
     if w == 0.0:
-        return velocity(x, t)
+        return velocity(x, step)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        v = velocity(x, t)
+        v = velocity(x, step)
         y0 = x - t.to(v.dtype) * v
         error = (target - y0) * weights
         (g,) = torch.autograd.grad(y0, x, grad_outputs=error.to(y0.dtype))
@@ -170,49 +175,14 @@ def sample_guided(
     weights: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
-    """Euler integration from t = sigmas[0] (1) to sigmas[-1] (0) with the guided velocity -> fp32.
-    target [H, A] (normalised) and weights [H, 1] broadcast over the batch of noise [B, H, A]."""
-    x = noise.float()
-    for i in range(len(sigmas) - 1):
-        v = guided_velocity(velocity, x, sigmas[i], target, weights, beta)
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return x
+    """Euler integration (``flow.euler``) from t = sigmas[0] (1) to sigmas[-1] (0) with the guided
+    velocity -> fp32. target [H, A] (normalised) and weights [H, 1] broadcast over the batch of
+    noise [B, H, A]."""
 
+    def guided(x: torch.Tensor, i: int) -> torch.Tensor:
+        return guided_velocity(velocity, x, i, sigmas[i], target, weights, beta)
 
-def expert_velocity(model: FastWAM, cache: ActionCache, cfg_scale: float) -> Velocity:
-    """The action expert's velocity against a prefilled cache, differentiable in x only.
-
-    `FastWAM.action_velocity` writes the action tokens' K/V into the cache buffers in place; each
-    call gets views of the buffers detached from any earlier graph, so the prefix K/V enter as
-    constants and a step's graph never reaches back into the previous step's."""
-
-    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        step_cache = dataclasses.replace(
-            cache, k=[k.detach() for k in cache.k], v=[v.detach() for v in cache.v]
-        )
-        if cfg_scale == 1.0:
-            return model.action_velocity(step_cache, x, t.expand(x.shape[0]))
-        v = model.action_velocity(step_cache, torch.cat([x, x]), t.expand(2 * x.shape[0]))
-        vc, vu = v.chunk(2)
-        return flow.cfg_combine(vc, vu, cfg_scale)
-
-    return velocity
-
-
-def _repeat_cache(cache: ActionCache, n: int) -> ActionCache:
-    """The cache for n draws per prefix row (row r's draws at r * n .. r * n + n - 1)."""
-    if n == 1:
-        return cache
-
-    def rep(x: torch.Tensor) -> torch.Tensor:
-        return x.repeat_interleave(n, dim=0)
-
-    return dataclasses.replace(
-        cache,
-        k=[rep(k) for k in cache.k],
-        v=[rep(v) for v in cache.v],
-        expert_kv=[(rep(k), rep(v)) for k, v in cache.expert_kv],
-    )
+    return flow.euler(guided, noise.float(), sigmas)
 
 
 def infer_guided(
@@ -231,14 +201,15 @@ def infer_guided(
     samples: int = 1,
     sync: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`FastWAM.infer` with RTC guidance, on the eager path: actions [1, H, A] (normalised, fp32,
-    the mean of ``samples`` guided draws) and timings_ms {"prefix", "action"}.
+    """`FastWAM.infer` with RTC guidance: actions [1, H, A] (normalised, fp32, the mean of
+    ``samples`` guided draws) and timings_ms {"prefix", "action"}.
 
-    The prefix runs once (`build_action_cache`); the 10 guided steps call `action_velocity` with
-    autograd. The static `ActionLoop` (CUDA graphs / torch.compile) stays for plain sampling.
-    Only the cached variants (fast_wam, no_cotrain) have a prefix to keep constant."""
+    The prefix runs once, as plain sampling runs it (the static `ActionLoop`'s prefill, captured
+    or compiled per ``model.compile_mode``); the guided steps call the loop's velocity eagerly
+    with autograd. Only the variants whose prefix is the observation alone (fast_wam, no_cotrain)
+    have a prefix to keep constant."""
     cfg = model.config
-    if cfg.variant not in ("fast_wam", "no_cotrain"):
+    if variant_rules(cfg.variant).inference != "first_frame":
         raise ValueError(
             f"real-time chunking needs a cached-prefix variant (fast_wam, no_cotrain), not {cfg.variant!r}"
         )
@@ -259,17 +230,15 @@ def infer_guided(
         prefix = torch.cat([prefix, prefix])
     sync()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        cache = _repeat_cache(model.build_action_cache(prefix, ctx), samples)
+    loop = model.action_loop(prefix, ctx, steps, scale, 1, samples=samples)
+    loop.prefill(prefix, ctx)
     sync()
     t1 = time.perf_counter()
     shape = (samples, cfg.action_horizon, cfg.action_dim)
     if noise is None:
         dev = generator.device if generator is not None else model.device
         noise = torch.randn(shape, generator=generator, device=dev).to(model.device)
-    sigmas = flow.sigma_grid(steps, cfg.sample_shift, device=model.device)
-    velocity = expert_velocity(model, cache, scale)
-    actions = sample_guided(velocity, noise, sigmas, target.float(), weights.float(), beta)
+    actions = sample_guided(loop.velocity, noise, loop.sigmas, target.float(), weights.float(), beta)
     actions = actions.mean(0, keepdim=True).detach()
     sync()
     t2 = time.perf_counter()
