@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "ros2_ws/src/fastwam_bringup/config/r1_lite.yaml"
+CONFIG = ROOT / "ros2_ws/src/fastwam_policy/config/r1_lite.yaml"
 PUBLISHERS = ROOT / "ros2_ws/src/fastwam_policy/test/recorder_publishers.py"
 
 

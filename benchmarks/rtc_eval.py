@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml"
+CONFIG = ROOT / "ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml"
 EXPERIMENT = ROOT / "runs/sim_towel_fold"
 MODES = ("none", "blend", "rtc")
 BOUNDARY_STEPS = 2  # steps either side of a merge counted as "at a chunk boundary"
@@ -299,7 +299,7 @@ def resolve_checkpoint(arg: str, config, tmp: str) -> str:
         )  # fmt: skip
     if arg:
         return arg
-    from fastwam_bringup.sim_experiment import trained_checkpoint
+    from fastwam_experiments.sim_towel_fold import trained_checkpoint
 
     found = trained_checkpoint(EXPERIMENT, "fast_wam")
     if found is None:
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from fastwam.policy import FastWAMPolicy
     from fastwam.robot_config import load_robot_config
-    from fastwam.sim.env import EVAL_SEED, SimParams, TowelFoldEnv
+    from fastwam_sim.env import EVAL_SEED, SimParams, TowelFoldEnv
 
     torch.set_num_threads(args.threads)
     config = load_robot_config(args.robot_config)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml"
+CONFIG = ROOT / "ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml"
 
 
 def head_stamps(bag: Path, config) -> np.ndarray:
@@ -42,7 +42,7 @@ def main() -> None:
     from fastwam.data.episode_bag import read_episode_json
     from fastwam.data.lerobot import LeRobotDataset
     from fastwam.robot_config import load_robot_config
-    from fastwam_bringup.run import record_scripted_episodes
+    from fastwam_bringup.sim_episodes import record_scripted_episodes
 
     config = load_robot_config(CONFIG)
     period_ns = 1e9 / args.camera_hz

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The README's run command: set up (idempotent), then run the towel-folding pipeline in one process
 # against the simulated R1 Lite and print what happened. Extra arguments go to the runner
-# (python -m fastwam_bringup.run --help).
+# (python -m fastwam_experiments.run --help).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
 # shellcheck source=/dev/null
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec python -m fastwam_bringup.run "$@"
+exec python -m fastwam_experiments.run "$@"

@@ -2,11 +2,11 @@
 # The simulation experiment end to end: record scripted demos in the simulated R1 Lite, convert,
 # train Fast-WAM and its ablation, evaluate closed-loop against a random-init model, report
 # (runs/sim_towel_fold/report.md). Set up first (idempotent). Extra arguments go to the module
-# (python -m fastwam_bringup.sim_experiment --help).
+# (python -m fastwam_experiments.sim_towel_fold --help).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
 # shellcheck source=/dev/null
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec python -m fastwam_bringup.sim_experiment "$@"
+exec python -m fastwam_experiments.sim_towel_fold "$@"

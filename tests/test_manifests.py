@@ -17,7 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ROOT / "ros2_ws" / "src"
-FIRST_PARTY = {"fastwam", "fastwam_policy", "fastwam_bringup", "fastwam_training", "fastwam_msgs"}
+FIRST_PARTY = {
+    "fastwam", "fastwam_policy", "fastwam_sim", "fastwam_bringup", "fastwam_experiments", "fastwam_training",
+    "fastwam_msgs",
+}  # fmt: skip
 
 # import name -> rosdep key, for modules that ROS / Debian provide.
 ROSDEP = {
@@ -95,7 +98,9 @@ def pip_requirements() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package", ["fastwam_policy", "fastwam_bringup"])
+@pytest.mark.parametrize(
+    "package", ["fastwam_policy", "fastwam_sim", "fastwam_bringup", "fastwam_experiments"]
+)
 def test_python_imports_are_declared(package):
     rosdeps = declared_rosdeps(PACKAGES / package)
     requirements = pip_requirements()

@@ -1,7 +1,7 @@
 """The ROS-free part (model, data, training) installs with pip alone and runs with no ROS present.
 
 Training clusters have no ROS. This test builds and installs `fastwam_policy` (which carries the
-`fastwam` core) and `training/` with plain pip into a scratch directory, then runs them in a fresh
+`fastwam` core), `fastwam_sim` (the simulator; its `nodes` are ROS) and `training/` with plain pip into a scratch directory, then runs them in a fresh
 interpreter whose import system refuses every ROS module, with the colcon overlay and the ROS
 prefix removed from the environment.
 """
@@ -41,12 +41,14 @@ SCRIPT = textwrap.dedent(
     for name in list(sys.modules):
         assert name.split(".")[0] not in BLOCKED, f"{name} was loaded at start-up"
 
-    import fastwam, fastwam_training
-    assert fastwam.__file__.startswith(sys.argv[2]), fastwam.__file__
-    assert fastwam_training.__file__.startswith(sys.argv[2]), fastwam_training.__file__
+    import fastwam, fastwam_sim, fastwam_training
+    for package in (fastwam, fastwam_sim, fastwam_training):
+        assert package.__file__.startswith(sys.argv[2]), package.__file__
     modules = []
-    for package in (fastwam, fastwam_training):
+    for package in (fastwam, fastwam_sim, fastwam_training):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if info.name.startswith("fastwam_sim.nodes"):  # the ROS nodes around the simulator
+                continue
             importlib.import_module(info.name)
             modules.append(info.name)
     print("imported", len(modules), "modules")
@@ -74,7 +76,7 @@ SCRIPT = textwrap.dedent(
 
 def test_core_and_training_install_with_pip_and_run_without_ros(tmp_path):
     target = tmp_path / "site"
-    for source in (ROOT / "ros2_ws/src/fastwam_policy", ROOT / "training"):
+    for source in (ROOT / "ros2_ws/src/fastwam_policy", ROOT / "ros2_ws/src/fastwam_sim", ROOT / "training"):
         # Build from a copy: setuptools writes build/ and *.egg-info into the source tree.
         package = tmp_path / "src" / source.name
         shutil.copytree(source, package, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))

@@ -12,7 +12,7 @@ the script's own target over many poses it gives
 
     python -m fastwam_training.grasp_probe CHECKPOINT [--train-seeds 0:20] [--held-seeds 100000:100020]
 
-ROS-free: it runs the policy and the simulator directly (``fastwam.policy``, ``fastwam.sim``).
+ROS-free: it runs the policy and the simulator directly (``fastwam.policy``, ``fastwam_sim``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastwam.sim.env import ARMS, EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_sim.env import ARMS, EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
 from fastwam_training.sim_rollout import load_in_sim
 
 
@@ -69,7 +69,7 @@ def probe_policy(policy, env, seeds, instruction: str = "fold the towel", seed: 
     noise (``seed``), so poses differ only in what the policy sees."""
     import torch
 
-    from fastwam.sim.teleop import ScriptedFolder
+    from fastwam_sim.teleop import ScriptedFolder
 
     spec = policy.robot
     predicted, target = [], []

@@ -48,7 +48,7 @@ from fastwam.model.mot import shared_layer
 
 GIB = 1024**3
 MIB = 1024**2
-# The R1 Lite camera layout (ros2_ws/src/fastwam_bringup/config/r1_lite.yaml): head 256x320 on top,
+# The R1 Lite camera layout (ros2_ws/src/fastwam_policy/config/r1_lite.yaml): head 256x320 on top,
 # two wrists 128x160 below; 14 joints of action and state (two 6-joint arms + two grippers).
 R1_LITE_CAMERAS = {
     "rows": [

@@ -1,6 +1,6 @@
 """ROS-free closed-loop rollouts of a towel-fold policy in the simulated R1 Lite.
 
-The simulation experiment's eval (``fastwam_bringup.sim_experiment``) is the reference: the policy
+The simulation experiment's eval (``fastwam_experiments.sim_towel_fold``) is the reference: the policy
 node drives the simulated robot node over DDS in real time, 12 s per failed episode. This runs the
 same policy and simulator in one process, as fast as the policy predicts, to compare checkpoints on
 many held-out poses in minutes: every ``--replan`` control steps it predicts a chunk from the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def load_in_sim(checkpoint: str, image_size: tuple[int, int], action_samples: in
     image_size = (H, W)); ``action_samples``: sampler draws averaged per chunk (None: the
     checkpoint's)."""
     from fastwam.policy import FastWAMPolicy
-    from fastwam.sim.env import SimParams, TowelFoldEnv
+    from fastwam_sim.env import SimParams, TowelFoldEnv
 
     policy = FastWAMPolicy.from_pretrained(checkpoint)
     if action_samples is not None:  # FastWAM.infer refuses a count below 1

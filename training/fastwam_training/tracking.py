@@ -1,7 +1,7 @@
 """A JSON-lines experiment tracker for accelerate: one object per logged step, appended to a file.
 
 Readable without TensorBoard (``jq``, pandas, a script polling a run's progress, as
-``fastwam_bringup.sim_experiment`` does for runs trained side by side). Resumed runs append.
+``fastwam_experiments.sim_towel_fold`` does for runs trained side by side). Resumed runs append.
 """
 
 from __future__ import annotations

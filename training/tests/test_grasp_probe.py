@@ -9,7 +9,7 @@ import pytest
 
 from fastwam_training.grasp_probe import main, probe_stats
 
-SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml"
+SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml"
 
 
 def _targets(n=12, seed=0):

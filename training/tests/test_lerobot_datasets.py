@@ -356,7 +356,7 @@ def test_bag_converter_refuses_a_fractional_fps_before_writing(tmp_path):
     from fastwam.robot_config import load_robot_config
 
     repo = Path(__file__).resolve().parents[2]
-    config = load_robot_config(repo / "ros2_ws/src/fastwam_bringup/config/r1_lite.yaml")
+    config = load_robot_config(repo / "ros2_ws/src/fastwam_policy/config/r1_lite.yaml")
     with pytest.raises(ValueError, match=r"--fps.*14.5 is not a whole number of frames per second"):
         convert_bags([], tmp_path / "ds", config, fps=14.5)
     assert not (tmp_path / "ds").exists()

@@ -65,7 +65,7 @@ def test_a_finished_run_hands_its_core_to_the_run_still_training(dataset, tmp_pa
     hand-over; only 400 steps against 2 must keep the long one training past it."""
     long = _run(dataset, tmp_path, "long", 400)
     short = _run(dataset, tmp_path, "short", 2, model={"preset": "tiny", "variant": "no_cotrain"})
-    # The caches first, once for both (as fastwam_bringup.sim_experiment does).
+    # The caches first, once for both (as fastwam_experiments.sim_towel_fold does).
     prepared = subprocess.run([*long.command, "--prepare"], capture_output=True, text=True, timeout=300)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert "prepared:" in prepared.stdout
@@ -117,7 +117,7 @@ def test_adaptive_threads_leave_a_busy_machines_second_core():
     probe = ThreadProbe(max_threads=2, current=2)
     counts = run_probe(probe, {1: 0.8, 2: 2.1}, 40)
     assert probe.current == 1
-    assert counts[-1] == 1 and counts[:ThreadProbe.FIRST_PROBE] == [2] * ThreadProbe.FIRST_PROBE
+    assert counts[-1] == 1 and counts[: ThreadProbe.FIRST_PROBE] == [2] * ThreadProbe.FIRST_PROBE
     # Probing takes (1 untimed + PROBE_STEPS timed) steps per candidate, then settles.
     probing = 2 * (1 + ThreadProbe.PROBE_STEPS)
     assert counts[ThreadProbe.FIRST_PROBE + probing :] == [1] * (40 - ThreadProbe.FIRST_PROBE - probing)

@@ -10,10 +10,10 @@ from fastwam.camera import composite_to_tensor
 from fastwam.config import preset
 from fastwam.model import FastWAM, build_random_components
 from fastwam.robot_config import load_robot_config
-from fastwam.sim.env import SimParams, TowelFoldEnv
-from fastwam.sim.teleop import ScriptedFolder
+from fastwam_sim.env import SimParams, TowelFoldEnv
+from fastwam_sim.teleop import ScriptedFolder
 
-SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml"
+SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml"
 
 
 def test_sim_preset_is_a_few_million_parameters_with_the_real_chunk():

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim.env import SimParams, TowelFoldEnv
-from fastwam.sim.teleop import ScriptedFolder
+from fastwam_sim.env import SimParams, TowelFoldEnv
+from fastwam_sim.teleop import ScriptedFolder
 from fastwam_training.sim_rollout import Rollout, main, rollout, summary
 
-SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml"
+SIM_CONFIG = Path(__file__).resolve().parents[2] / "ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml"
 
 
 class ScriptedPolicy:

@@ -1,4 +1,4 @@
-"""fastwam_bringup: launch files, robot configs, DDS profile and RViz config, installed as data."""
+"""fastwam_bringup: launch files, DDS profile and RViz config, installed as data."""
 
 from glob import glob
 
@@ -14,7 +14,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config", glob("config/*.xml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
     ],
     python_requires=">=3.10",
@@ -27,7 +27,6 @@ setup(
     entry_points={
         "console_scripts": [
             "fastwam_run = fastwam_bringup.run:main",
-            "fastwam_sim_experiment = fastwam_bringup.sim_experiment:main",
         ],
     },
 )

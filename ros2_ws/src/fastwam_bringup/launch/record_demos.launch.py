@@ -30,11 +30,12 @@ from launch.actions import (
 )
 from launch_ros.actions import Node
 
+from fastwam.shipped_configs import default_robot_config
 from fastwam_bringup.launch_actions import flag, required
 from fastwam_bringup.launch_requirements import SECOND_TERMINAL, check_launch_requirements, keyboard_mode
 
 ARGUMENTS = {
-    "robot_config": ("", "robot config YAML (default: fastwam_bringup/config/r1_lite.yaml)"),
+    "robot_config": ("", "robot config YAML (default: the shipped r1_lite.yaml, fastwam_policy/config)"),
     "output_dir": ("~/fastwam_episodes", "where episode bags are written"),
     "instruction": ("fold the towel", "instruction stored with each episode"),
     "convert_dataset": ("", "also convert each saved episode into this LeRobot dataset directory"),
@@ -55,9 +56,7 @@ def launch_setup(context, *args, **kwargs):
     keyboard = keyboard_mode(context.launch_configurations["keyboard"])
     check_launch_requirements(keyboard=keyboard)
     share = get_package_share_directory("fastwam_bringup")
-    config_path = context.launch_configurations["robot_config"] or os.path.join(
-        share, "config", "r1_lite.yaml"
-    )
+    config_path = context.launch_configurations["robot_config"] or default_robot_config()
     dds_profile = os.path.join(share, "config", "fastdds_shm.xml")
     instruction = context.launch_configurations["instruction"]
     actions = [
@@ -83,7 +82,7 @@ def launch_setup(context, *args, **kwargs):
     if flag(context, "use_sim"):
         actions += required(
             Node(
-                package="fastwam_policy",
+                package="fastwam_sim",
                 executable="sim_robot_node",
                 name="sim_robot",
                 output="screen",

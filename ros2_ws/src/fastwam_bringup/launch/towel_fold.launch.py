@@ -31,13 +31,14 @@ from launch.actions import (
 from launch_ros.actions import Node
 
 from fastwam.robot_config import load_robot_config
+from fastwam.shipped_configs import default_robot_config
 from fastwam_bringup.launch_actions import flag, required
 from fastwam_bringup.launch_requirements import check_launch_requirements
 
 ARGUMENTS = {
     "checkpoint": ("", "Fast-WAM checkpoint directory"),
     "instruction": ("fold the towel", "language instruction"),
-    "robot_config": ("", "robot config YAML (default: fastwam_bringup/config/r1_lite.yaml)"),
+    "robot_config": ("", "robot config YAML (default: the shipped r1_lite.yaml, fastwam_policy/config)"),
     "use_sim": ("false", "start the simulated R1 Lite instead of talking to the robot"),
     "dry_run": ("true", "predict and monitor only; command no motion"),
     "record": ("false", "start the demonstration recorder and a ros2 bag (MCAP) of the configured topics"),
@@ -60,9 +61,7 @@ def launch_setup(context, *args, **kwargs):
     Raises LaunchRequirementError, before any action exists, when an optional part cannot run."""
     check_launch_requirements(rviz=flag(context, "rviz"), record=flag(context, "record"))
     share = get_package_share_directory("fastwam_bringup")
-    config_path = context.launch_configurations["robot_config"] or os.path.join(
-        share, "config", "r1_lite.yaml"
-    )
+    config_path = context.launch_configurations["robot_config"] or default_robot_config()
     dds_profile = os.path.join(share, "config", "fastdds_shm.xml")
     rviz_config = os.path.join(share, "rviz", "fastwam.rviz")
     instruction = context.launch_configurations["instruction"]
@@ -93,7 +92,7 @@ def launch_setup(context, *args, **kwargs):
     if flag(context, "use_sim"):
         actions += required(
             Node(
-                package="fastwam_policy",
+                package="fastwam_sim",
                 executable="sim_robot_node",
                 name="sim_robot",
                 output="screen",

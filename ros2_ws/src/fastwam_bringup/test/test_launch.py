@@ -24,8 +24,11 @@ INSTALL = SRC.parent / "install"
 DOCKERFILE = SRC.parents[1] / "docker" / "Dockerfile"
 LAUNCH_FILES = sorted((PACKAGE / "launch").glob("*.launch.py"))
 NODE_SOURCES = {
-    ("fastwam_policy", exe): SRC / "fastwam_policy" / "fastwam_policy" / f"{exe}.py"
-    for exe in ("policy_node", "sim_robot_node", "recorder_node", "teleop_keys")
+    **{
+        ("fastwam_policy", exe): SRC / "fastwam_policy" / "fastwam_policy" / f"{exe}.py"
+        for exe in ("policy_node", "recorder_node", "teleop_keys")
+    },
+    ("fastwam_sim", "sim_robot_node"): SRC / "fastwam_sim" / "fastwam_sim" / "nodes" / "sim_robot.py",
 }
 
 
@@ -117,7 +120,7 @@ def test_rviz_config_shows_policy_outputs_and_the_configured_cameras():
 
     rviz = yaml.safe_load((PACKAGE / "rviz" / "fastwam.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]}
-    config = load_robot_config(PACKAGE / "config" / "r1_lite.yaml")
+    config = load_robot_config(PACKAGE.parent / "fastwam_policy" / "config" / "r1_lite.yaml")
     assert {c.topic for c in config.topics.cameras.values()} <= topics
     assert {"/fastwam_policy/composite_image", "/fastwam_policy/chunk_plot"} <= topics
 

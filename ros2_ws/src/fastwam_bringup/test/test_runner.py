@@ -13,7 +13,7 @@ pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scrip
 from fastwam_bringup.run import parse_args, run
 
 pytestmark = pytest.mark.ros
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "fastwam_policy" / "config" / "r1_lite.yaml"
 
 
 def _received(out: str) -> dict[str, int]:
@@ -63,7 +63,7 @@ def test_scripted_episode_is_recorded_and_labelled(tmp_path, capsys):
 
 
 def test_a_run_takes_its_own_ros_domain_unless_the_caller_set_one(monkeypatch, capsys):
-    from fastwam_bringup.run import private_ros_domain
+    from fastwam_bringup.composition import private_ros_domain
 
     monkeypatch.setenv("ROS_DOMAIN_ID", "42")
     assert private_ros_domain() == 42 and os.environ["ROS_DOMAIN_ID"] == "42"

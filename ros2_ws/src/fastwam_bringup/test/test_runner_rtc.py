@@ -13,7 +13,7 @@ pytest.importorskip("fastwam_msgs.srv", reason="fastwam_msgs is not built (scrip
 from fastwam_bringup.run import parse_args, run
 
 pytestmark = pytest.mark.ros
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "fastwam_policy" / "config" / "r1_lite.yaml"
 
 
 def test_runner_drives_the_simulated_robot_with_rtc(capsys):

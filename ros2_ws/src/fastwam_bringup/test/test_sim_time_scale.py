@@ -16,11 +16,12 @@ from rclpy.parameter import Parameter
 
 from fastwam.data.bag import align_episode, find_bags, read_episode_streams
 from fastwam.robot_config import load_robot_config
-from fastwam.sim import ScriptedFolder, TowelFoldEnv
-from fastwam_bringup.run import parse_args, record_scripted_episodes
+from fastwam_bringup.run import parse_args
+from fastwam_bringup.sim_episodes import record_scripted_episodes
+from fastwam_sim import ScriptedFolder, TowelFoldEnv
 
 pytestmark = pytest.mark.ros
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "r1_lite_sim.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "fastwam_policy" / "config" / "r1_lite_sim.yaml"
 SEED = 7
 FPS = 15.0
 
@@ -100,17 +101,3 @@ def test_time_scale_without_scripted_teleop_is_refused(capsys):
         parse_args(["--robot-config", str(CONFIG), "--time-scale", "2"])
     assert "--time-scale needs --scripted-teleop" in capsys.readouterr().err
     _sim_node(scripted_teleop=False, time_scale=1.0)  # real time stays allowed
-
-
-def test_experiment_record_time_scale_and_eval_timeout(tmp_path):
-    from fastwam_bringup import sim_experiment
-
-    base = ["--out", str(tmp_path / "x"), "--robot-config", str(CONFIG)]
-    settings = sim_experiment.parse_args(base)
-    assert settings.eval_timeout_s == 12.0
-    assert settings.record_time_scale == sim_experiment.RECORD_TIME_SCALE
-    settings.check()  # the defaults are valid (the training config is found in the repository)
-    settings = sim_experiment.parse_args([*base, "--record-time-scale", "0"])
-    with pytest.raises(ValueError, match="--record-time-scale must be positive, got 0"):
-        settings.check()
-    assert not (tmp_path / "x").exists()

@@ -257,7 +257,7 @@ def _small() -> FastWAMConfig:
 
 
 def _sim() -> FastWAMConfig:
-    # The simulation experiment's model (fastwam_bringup.sim_experiment): `small`'s VAE, text
+    # The simulation experiment's model (fastwam_experiments.sim_towel_fold): `small`'s VAE, text
     # encoder and chunk (9 frames, horizon 32) with a ~1.8 M video DiT and a ~0.7 M action expert, so
     # that fast_wam and no_cotrain each train to a working fold policy in minutes on 2 CPU cores.
     # (`small` trains at ~10 s per batch of 16 there: a 30-minute pipeline would buy ~100 steps.)

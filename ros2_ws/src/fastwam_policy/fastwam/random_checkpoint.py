@@ -1,9 +1,9 @@
 """A random-initialised checkpoint for a robot config, in seconds: for wiring tests of the nodes and
 launch files (everything runs, nothing folds).
 
-    python -m fastwam.random_checkpoint /tmp/fastwam_random --robot-config ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml
+    python -m fastwam.random_checkpoint /tmp/fastwam_random --robot-config ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml
     ros2 launch fastwam_bringup towel_fold.launch.py checkpoint:=/tmp/fastwam_random use_sim:=true \\
-        robot_config:=$PWD/ros2_ws/src/fastwam_bringup/config/r1_lite_sim.yaml
+        robot_config:=$PWD/ros2_ws/src/fastwam_policy/config/r1_lite_sim.yaml
 
 The checkpoint has the config's robot spec, camera layout and control rate (so the policy node
 accepts it with that config), identity normalization and the `tiny` preset unless --preset says

@@ -1,4 +1,4 @@
-"""The robot config file (fastwam_bringup/config/r1_lite.yaml): one YAML read by every node.
+"""The robot config file (fastwam_policy/config/r1_lite.yaml): one YAML read by every node.
 
 It holds the robot spec and camera layout (which a checkpoint must match), the ROS topic names,
 the control settings and the input freshness limits. The policy node, the recorder, the simulated

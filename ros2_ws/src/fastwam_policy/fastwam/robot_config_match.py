@@ -8,7 +8,6 @@ names the config shipped with the project that the checkpoint does fit, when the
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,23 +15,7 @@ from pathlib import Path
 from fastwam.camera import CameraLayout
 from fastwam.robot import RobotSpec
 from fastwam.robot_config import load_robot_config
-
-# <repo>/ros2_ws/src/fastwam_policy/fastwam/ -> <repo>/ros2_ws/src/fastwam_bringup/config
-_SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config"
-
-
-def shipped_config_dirs() -> list[Path]:
-    """fastwam_bringup's installed config directory (ament index) and the source tree's."""
-    dirs = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        with contextlib.suppress(PackageNotFoundError):
-            dirs.append(Path(get_package_share_directory("fastwam_bringup")) / "config")
-    except ImportError:  # a pip-only install: the source tree's, if this is a checkout
-        pass
-    dirs.append(_SOURCE_CONFIGS)
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+from fastwam.shipped_configs import shipped_config_dirs
 
 
 def matching_robot_configs(

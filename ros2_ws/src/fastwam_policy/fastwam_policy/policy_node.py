@@ -70,7 +70,6 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -89,6 +88,7 @@ from fastwam.execution import ChunkExecutor, JointLimits
 from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
+from fastwam.shipped_configs import default_robot_config
 from fastwam_msgs.msg import ActionChunk, PolicyStatus
 from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
 from fastwam_policy.chunk_plot import render_chunk_plot
@@ -123,18 +123,6 @@ class _Request:
     generation: int  # instruction generation: results of an older one are dropped
 
 
-def default_robot_config() -> str:
-    """fastwam_bringup's installed config/r1_lite.yaml ('' when the package is not installed)."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    except ImportError:  # pragma: no cover - ament_index_python ships with rclpy
-        return ""
-    try:
-        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
-    except PackageNotFoundError:
-        return ""
-
-
 def _seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
@@ -156,8 +144,6 @@ class FastWAMPolicyNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
         config_path = self.get_parameter("robot_config").value or default_robot_config()
-        if not config_path:
-            raise ValueError("parameter 'robot_config' is empty and fastwam_bringup is not installed")
         self.config: RobotConfig = load_robot_config(config_path)
         robot, control = self.config.robot, self.config.control
         self.period = 1.0 / control.rate_hz
@@ -294,7 +280,7 @@ class FastWAMPolicyNode(Node):
             "robot_config",
             "",
             "Robot config YAML (robot spec, cameras, topics, control, freshness); "
-            "default: fastwam_bringup/config/r1_lite.yaml",
+            "default: the shipped r1_lite.yaml (fastwam.shipped_configs)",
         )
         declare("instruction", "", "Language instruction the policy is conditioned on", read_only=False)
         declare(

@@ -1,6 +1,6 @@
 """Demonstration recorder: cameras, joint feedback and teleop commands -> one rosbag2 MCAP per episode.
 
-Topics come from the robot config (fastwam_bringup/config/r1_lite.yaml): the camera topics, the
+Topics come from the robot config (fastwam_policy/config/r1_lite.yaml): the camera topics, the
 feedback topics of the state groups and the /motion_target command topics of the action groups
 (the commanded targets are the actions). Subscriptions are raw (the CDR bytes go to the bag as
 received, no deserialize/serialize round trip), BEST_EFFORT with a deep queue by default so
@@ -12,7 +12,7 @@ save or discard, task_success). Status: ~/status (fastwam_msgs/RecorderStatus) a
 every change. Optional: convert each saved episode into a LeRobot dataset in the background
 (`convert_dataset` parameter), recover interrupted episodes found at start-up.
 
-Parameters: robot_config (YAML path; default fastwam_bringup's r1_lite.yaml), output_dir
+Parameters: robot_config (YAML path; default the shipped r1_lite.yaml), output_dir
 (~/fastwam_episodes), qos_depth (100), {camera,feedback,command}_reliability (best_effort |
 reliable; best_effort matches any publisher), flush_period_s (1.0: the most a crash can lose),
 fsync (true), default_instruction, convert_dataset (LeRobot root; empty = off), convert_codec
@@ -53,6 +53,7 @@ from fastwam.data.episode_bag import (
     recover_episode,
 )
 from fastwam.robot_config import RobotConfig, load_robot_config
+from fastwam.shipped_configs import default_robot_config
 from fastwam_msgs.msg import RecorderStatus
 from fastwam_msgs.srv import StartEpisode, StopEpisode
 from fastwam_policy.spin import spin_until_shutdown
@@ -61,15 +62,6 @@ from fastwam_policy.spin import spin_until_shutdown
 # callbacks; Humble (the R1 Lite's distribution) does not, and then drops are not detectable by gaps.
 _MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-
-
-def default_config_path() -> str:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
-    except Exception:  # not installed as a ROS package (pip-only checkout): must be given
-        return ""
 
 
 def recorded_topics(config: RobotConfig) -> list[tuple[str, type, str, str]]:
@@ -98,9 +90,9 @@ class RecorderNode(Node):
         p = self._declare
         config_path = p(
             "robot_config",
-            default_config_path(),
+            default_robot_config(),
             "Robot config YAML whose camera, feedback and command topics are recorded; "
-            "default: fastwam_bringup/config/r1_lite.yaml",
+            "default: the shipped r1_lite.yaml (fastwam.shipped_configs)",
         )
         self.output_dir = Path(
             os.path.expanduser(
@@ -161,7 +153,7 @@ class RecorderNode(Node):
             )
         )
         if not config_path:
-            raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
+            raise ValueError("parameter robot_config is empty: give a robot config YAML")
         for kind, value in reliability.items():
             if value not in RELIABILITY:
                 raise ValueError(

@@ -33,7 +33,7 @@ from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam_msgs.msg import ActionChunk, PolicyStatus
 from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
 
-R1_LITE_YAML = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+R1_LITE_YAML = Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml"
 # A small composite keeps the tiny model's VAE cheap on CPU; topics and joints stay the R1 Lite's.
 TEST_LAYOUT = CameraLayout(
     ((CameraView("head", 64, 64),), (CameraView("wrist_left", 32, 32), CameraView("wrist_right", 32, 32)))

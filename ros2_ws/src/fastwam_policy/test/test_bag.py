@@ -31,7 +31,7 @@ from fastwam.data.episode_bag import (
 from fastwam.data.lerobot import LeRobotDataset
 from fastwam.robot_config import load_robot_config
 
-CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml"
 TS = get_typestore(Stores.ROS2_JAZZY)
 Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
 CompressedImage, JointState = (

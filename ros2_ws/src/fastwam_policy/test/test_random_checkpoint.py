@@ -15,7 +15,7 @@ from fastwam.checkpoint import load_checkpoint
 from fastwam.robot_config import load_robot_config
 from fastwam.robot_config_match import fitting_config_hint, matching_robot_configs
 
-CONFIGS = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config"
+CONFIGS = Path(__file__).resolve().parents[1] / "config"
 SIM, ROBOT = CONFIGS / "r1_lite_sim.yaml", CONFIGS / "r1_lite.yaml"
 
 

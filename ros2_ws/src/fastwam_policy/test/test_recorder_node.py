@@ -35,7 +35,7 @@ from fastwam_msgs.msg import RecorderStatus  # noqa: E402
 from fastwam_policy.teleop_keys import Command, KeyCommands, RecorderClient  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE.parents[1] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+CONFIG = HERE.parent / "config" / "r1_lite.yaml"
 PUBLISHERS = HERE / "recorder_publishers.py"
 sys.path.insert(0, str(HERE))
 from recorder_publishers import camera_image, joint_value  # noqa: E402

@@ -7,7 +7,7 @@ import yaml
 
 from fastwam.robot_config import RobotConfig, load_robot_config
 
-R1_LITE = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+R1_LITE = Path(__file__).resolve().parents[1] / "config" / "r1_lite.yaml"
 
 
 def test_r1_lite_config_matches_the_reference_facts():

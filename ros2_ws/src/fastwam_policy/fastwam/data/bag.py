@@ -1,6 +1,6 @@
 """Episode bags (rosbag2, MCAP or sqlite3) -> LeRobot datasets (v3.0 by default, v2.1 by option).
 
-Reads the topics named in the robot config (fastwam_bringup/config/r1_lite.yaml) from a bag made by
+Reads the topics named in the robot config (fastwam_policy/config/r1_lite.yaml) from a bag made by
 the recorder node or by a plain `ros2 bag record` of the same topics, and aligns every stream to
 the reference (head) camera's timestamps:
     cameras   nearest frame (JPEG/PNG CompressedImage or raw Image), decoded to RGB by
@@ -656,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = sub.add_parser("convert", help="append episode bags to a LeRobot dataset (v3.0, or v2.1)")
     c.add_argument("bags", nargs="+", help="bag directories or recorder output directories")
     c.add_argument("--dataset", required=True, help="LeRobot dataset root (created or appended to)")
-    c.add_argument("--config", required=True, help="robot config YAML (fastwam_bringup/config/r1_lite.yaml)")
+    c.add_argument("--config", required=True, help="robot config YAML (fastwam_policy/config/r1_lite.yaml)")
     c.add_argument(
         "--fps", type=float, help="dataset fps, a whole number (default: the config's control.rate_hz)"
     )

@@ -6,7 +6,7 @@ round-tripped at the node's quality, as the bag path decodes them), the joint po
 and the scripted teleoperator's command at that instant (action); both paths sample state and
 action at the head frame's time. Episodes start with the robot at rest for `settle_s`.
 
-    python -m fastwam.sim.demos --out datasets/towel_sim --episodes 30 --seed 0
+    python -m fastwam_sim.demos --out datasets/towel_sim --episodes 30 --seed 0
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import argparse
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fastwam.robot_config import RobotConfig, load_robot_config
-from fastwam.sim.env import SimParams, TowelFoldEnv
-from fastwam.sim.teleop import ScriptedFolder
+from fastwam.shipped_configs import ROBOT_CONFIG, shipped_config
+from fastwam_sim.env import SimParams, TowelFoldEnv
+from fastwam_sim.teleop import ScriptedFolder
 
 CAMERA_FEATURE = "observation.images.{key}"  # as fastwam.data.bag writes them
 DEFAULT_INSTRUCTION = "fold the towel"
@@ -136,13 +136,15 @@ def write_dataset(
 
 
 def _default_config() -> str | None:
-    """The source tree's r1_lite.yaml, when running from a checkout (no ROS lookups in the core)."""
-    path = Path(__file__).resolve().parents[3] / "fastwam_bringup" / "config" / "r1_lite.yaml"
-    return str(path) if path.is_file() else None
+    """The shipped r1_lite.yaml (fastwam.shipped_configs), None when no copy is found."""
+    try:
+        return str(shipped_config(ROBOT_CONFIG))
+    except FileNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fastwam.sim.demos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fastwam_sim.demos", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out", required=True, help="LeRobot dataset directory (created as v3.0, or appended to)"
     )

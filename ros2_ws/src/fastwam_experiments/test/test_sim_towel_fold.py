@@ -30,11 +30,11 @@ pytest.importorskip("matplotlib", reason="matplotlib is not installed (scripts/b
 from fastwam.checkpoint import load_checkpoint
 from fastwam.data.lerobot import LeRobotDataset
 from fastwam.robot_config import load_robot_config
-from fastwam_bringup import sim_experiment
+from fastwam_experiments import sim_towel_fold as sim_experiment
 from fastwam_training.tracking import read_metrics
 
 pytestmark = pytest.mark.ros
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "fastwam_policy" / "config"
 SMALL_LAYOUT = """
 extends: r1_lite.yaml
 cameras:
@@ -70,7 +70,7 @@ def _configs(tmp_path: Path, failing_seed_0: bool = False) -> tuple[Path, Path]:
     if failing_seed_0:
         # The left elbow (joint 3) stopped at -1.2 rad: the towel pose of seed 0 needs -0.98 to
         # reach its corner, so the scripted fold of seed 0 fails; seeds 1 and 2 need at most -1.09
-        # and -1.41 and fold (fastwam.sim.demos.scripted_demo, ROS-free, gives the same).
+        # and -1.41 and fold (fastwam_sim.demos.scripted_demo, ROS-free, gives the same).
         spec = yaml.safe_load((CONFIG_DIR / "r1_lite.yaml").read_text())["robot"]
         spec["groups"][0]["upper"][2] = -1.2
         text += yaml.safe_dump({"robot": spec})
@@ -82,7 +82,7 @@ def _configs(tmp_path: Path, failing_seed_0: bool = False) -> tuple[Path, Path]:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    command = [sys.executable, "-m", "fastwam_bringup.sim_experiment", *argv]
+    command = [sys.executable, "-m", "fastwam_experiments.sim_towel_fold", *argv]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -187,10 +187,11 @@ def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     assert (out / "success_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the runner's default checkpoint is this experiment's fast_wam model
-    from fastwam_bringup.run import parse_args, resolve_checkpoint
+    from fastwam_bringup.run import resolve_checkpoint
+    from fastwam_experiments.run import experiment_checkpoint, parse_args
 
     args = parse_args(["--robot-config", str(robot), "--experiment-dir", str(out)])
-    assert resolve_checkpoint(args, config, str(tmp_path)) == str(trained)
+    assert resolve_checkpoint(args, config, str(tmp_path), experiment_checkpoint) == str(trained)
 
     # a re-run with the same settings redoes nothing
     bag_files = {p: p.stat().st_mtime_ns for p in (out / "bags").rglob("*") if p.is_file()}
@@ -260,7 +261,7 @@ def test_demos_recorded_on_a_busy_machine_convert(tmp_path):
     every demo converts (the issue's busy run died here on commands that began late), trimmed only
     where nothing was commanded, and the verdicts say so."""
     from fastwam.data.bag import convert_bags, find_bags
-    from fastwam_bringup.run import record_scripted_episodes
+    from fastwam_bringup.sim_episodes import record_scripted_episodes
 
     robot = CONFIG_DIR / "r1_lite_sim.yaml"
     config = load_robot_config(robot)
@@ -295,7 +296,7 @@ def test_the_follower_stops_when_the_experiment_process_is_killed(tmp_path):
     out = tmp_path / "experiment"
     (out / "bags").mkdir(parents=True)
     script = (
-        "import time\nfrom pathlib import Path\nfrom fastwam_bringup import sim_experiment\n"
+        "import time\nfrom pathlib import Path\nfrom fastwam_experiments import sim_towel_fold as sim_experiment\n"
         f"s = sim_experiment.Settings(out=Path({str(out)!r}), robot_config=Path({str(robot)!r}), "
         f"train_config=Path({str(train)!r}))\n"
         "follower = sim_experiment.RecordingFollower(s).__enter__()\n"
@@ -317,3 +318,15 @@ def test_the_follower_stops_when_the_experiment_process_is_killed(tmp_path):
         parent.kill()
         if child is not None and _running(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_experiment_record_time_scale_and_eval_timeout(tmp_path):
+    base = ["--out", str(tmp_path / "x"), "--robot-config", str(CONFIG_DIR / "r1_lite_sim.yaml")]
+    settings = sim_experiment.parse_args(base)
+    assert settings.eval_timeout_s == 12.0
+    assert settings.record_time_scale == sim_experiment.RECORD_TIME_SCALE
+    settings.check()  # the defaults are valid (the training config is found in the repository)
+    settings = sim_experiment.parse_args([*base, "--record-time-scale", "0"])
+    with pytest.raises(ValueError, match="--record-time-scale must be positive, got 0"):
+        settings.check()
+    assert not (tmp_path / "x").exists()

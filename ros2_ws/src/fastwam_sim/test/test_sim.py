@@ -1,16 +1,15 @@
-"""The simulated R1 Lite (fastwam.sim): tracking, the scripted fold, success, rendering."""
+"""The simulated R1 Lite (fastwam_sim): tracking, the scripted fold, success, rendering."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim import ScriptedFolder, SimParams, TowelFoldEnv
+from fastwam.shipped_configs import shipped_config
+from fastwam_sim import ScriptedFolder, SimParams, TowelFoldEnv
 
-CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+CONFIG = shipped_config("r1_lite.yaml")
 RATE_HZ = 15.0
 
 
@@ -170,7 +169,7 @@ def test_start_poses_are_seeded_and_varied(env):
 
 def test_scripted_demos_write_a_lerobot_dataset_the_reader_loads(tmp_path, config):
     from fastwam.data.lerobot import LeRobotDataset
-    from fastwam.sim.demos import CAMERA_FEATURE, scripted_demo, write_dataset
+    from fastwam_sim.demos import CAMERA_FEATURE, scripted_demo, write_dataset
 
     small = SimParams(image_height=96, image_width=128)  # same scene, cheap to encode
     env = TowelFoldEnv(config.robot, config.cameras.keys, small)

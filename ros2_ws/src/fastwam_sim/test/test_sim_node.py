@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,11 @@ from std_msgs.msg import String  # noqa: E402
 
 from fastwam.image_decoding import decode  # noqa: E402
 from fastwam.robot_config import load_robot_config  # noqa: E402
-from fastwam_policy.sim_robot_node import SimRobotNode  # noqa: E402
+from fastwam.shipped_configs import shipped_config  # noqa: E402
+from fastwam_sim.nodes.sim_robot import SimRobotNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
-CONFIG = Path(__file__).resolve().parents[2] / "fastwam_bringup" / "config" / "r1_lite.yaml"
+CONFIG = shipped_config("r1_lite.yaml")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Simulated Galaxea R1 Lite: the robot's topics, types and QoS around fastwam.sim.TowelFoldEnv.
+"""Simulated Galaxea R1 Lite: the robot's topics, types and QoS around fastwam_sim.TowelFoldEnv.
 
 Publishes what the robot publishes (names from the robot config): three JPEG
 sensor_msgs/CompressedImage camera streams (480x640 unless image_height / image_width say
@@ -16,7 +16,7 @@ Scoring: ~/task_success (std_msgs/Bool: the towel is folded now), ~/progress (st
 0 flat .. 1 folded) and ~/episode (std_msgs/String, JSON: seed, towel pose, time, success) at 2 Hz
 and on every change.
 
-Scripted teleoperation (parameter scripted_teleop): a scripted operator (fastwam.sim.ScriptedFolder)
+Scripted teleoperation (parameter scripted_teleop): a scripted operator (fastwam_sim.ScriptedFolder)
 publishes the fold on the /motion_target topics like a human with a teleop rig (RELIABLE), so a
 recorder records its commands as actions. With `recorder` set (e.g. /recorder), each episode is
 recorded through that recorder's ~/start_episode and ~/stop_episode services and labelled with
@@ -33,7 +33,6 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,24 +46,16 @@ from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import Bool, Float32, String
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim import ScriptedFolder, SimParams, TowelFoldEnv
+from fastwam.shipped_configs import default_robot_config
 from fastwam_msgs.srv import StartEpisode, StopEpisode
 from fastwam_policy.spin import spin_until_shutdown
+from fastwam_sim import ScriptedFolder, SimParams, TowelFoldEnv
 
 # Commands are accepted from RELIABLE and BEST_EFFORT publishers alike.
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 TELEOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 JPEG_FORMAT = "rgb8; jpeg compressed bgr8"  # what image_transport's compressed plugin writes
-
-
-def default_config_path() -> str:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return str(Path(get_package_share_directory("fastwam_bringup")) / "config" / "r1_lite.yaml")
-    except Exception:  # not installed as a ROS package: must be given
-        return ""
 
 
 @dataclass
@@ -83,7 +74,7 @@ class SimRobotNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_robot", **kwargs)
         p = self.declare_parameter
-        config_path = str(p("robot_config", default_config_path()).value)
+        config_path = str(p("robot_config", default_robot_config()).value)
         self.seed = int(p("seed", 0).value)
         camera_rate_hz = float(p("camera_rate_hz", 15.0).value)
         joint_rate_hz = float(p("joint_rate_hz", 50.0).value)
@@ -123,7 +114,7 @@ class SimRobotNode(Node):
             ).value
         )
         if not config_path:
-            raise ValueError("parameter robot_config is empty and fastwam_bringup is not installed")
+            raise ValueError("parameter robot_config is empty: give a robot config YAML")
         if not self.time_scale > 0:
             raise ValueError(f"parameter time_scale must be positive, got {self.time_scale}")
         if self.time_scale != 1.0 and not self.scripted:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastwam.robot import RobotSpec
-from fastwam.sim import render
-from fastwam.sim.dynamics import JointTracker
-from fastwam.sim.kinematics import ArmKinematics
-from fastwam.sim.towel import Towel, TowelPose
+from fastwam_sim import render
+from fastwam_sim.dynamics import JointTracker
+from fastwam_sim.kinematics import ArmKinematics
+from fastwam_sim.towel import Towel, TowelPose
 
 ARMS = ("left", "right")
 CAMERAS = ("head", "wrist_left", "wrist_right")

@@ -1,6 +1,6 @@
 """End to end in simulation: record demos, train Fast-WAM and its ablations, evaluate closed-loop, report.
 
-    python -m fastwam_bringup.sim_experiment --out runs/sim_towel_fold     (scripts/sim_experiment.sh)
+    python -m fastwam_experiments.sim_towel_fold --out runs/sim_towel_fold     (scripts/sim_experiment.sh)
 
 Stages, each idempotent (skipped when its outputs exist for the same settings; --force redoes all):
     record   N scripted demonstrations through the recorder node in the simulated R1 Lite (at
@@ -45,8 +45,10 @@ from typing import Any
 from tqdm import tqdm
 
 from fastwam.robot_config import load_robot_config
-from fastwam.sim.env import EVAL_SEED, SIM_IMAGE_SIZE
-from fastwam_bringup.run import SIM_CONFIG, default_config_path, percentile, private_ros_domain
+from fastwam.shipped_configs import SIM_CONFIG, shipped_config
+from fastwam_bringup.composition import private_ros_domain
+from fastwam_bringup.run import percentile
+from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE
 
 DEFAULT_OUT = "runs/sim_towel_fold"
 TRAIN_CONFIG = Path("training/configs/sim_towel_fold.yaml")  # in the repository
@@ -73,10 +75,13 @@ SECONDS_PER_TRAIN_SAMPLE = {"fast_wam": 0.018, "no_cotrain": 0.010, "joint": 0.0
 
 def default_train_config() -> Path:
     """training/configs/sim_towel_fold.yaml under the working directory (the scripts run from the
-    repository root), else in the repository this package's sources live in (a symlink install)."""
+    repository root), else beside the fastwam_training package this experiment trains with (a
+    checkout's training/, where env.sh and pip -e put the package)."""
     if TRAIN_CONFIG.is_file():
         return TRAIN_CONFIG
-    beside = Path(__file__).resolve().parents[4] / TRAIN_CONFIG  # <repo>/ros2_ws/src/<pkg>/<pkg>/
+    import fastwam_training
+
+    beside = Path(fastwam_training.__file__).resolve().parents[1] / "configs" / TRAIN_CONFIG.name
     return beside if beside.is_file() else TRAIN_CONFIG
 
 
@@ -223,7 +228,7 @@ def _robot_fingerprint(robot_config: Path) -> str:
 
 # -- stages -----------------------------------------------------------------------------------------
 def stage_record(s: Settings) -> dict[str, Any]:
-    from fastwam_bringup.run import record_scripted_episodes
+    from fastwam_bringup.sim_episodes import record_scripted_episodes
 
     bags = s.out / "bags"
     settings = {
@@ -658,7 +663,7 @@ def stage_random(s: Settings, convert: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    from fastwam_bringup.run import run_policy_episode
+    from fastwam_bringup.sim_episodes import run_policy_episode
 
     _header(
         5,
@@ -923,7 +928,7 @@ def prepare_default_checkpoint(out: str | os.PathLike[str], robot_config: str | 
     s.check()
     print(
         f"[run] this takes about {estimate_minutes(s):.0f} minutes on 2 CPU cores: {s.demos} scripted demos "
-        f"in real time, conversion, then training {s.train_config} (progress bars below)",
+        f"at {s.record_time_scale:g}x real time, conversion, then training {s.train_config} (progress bars below)",
         flush=True,
     )
     run_pipeline(s, evaluate=False)
@@ -934,14 +939,14 @@ def prepare_default_checkpoint(out: str | os.PathLike[str], robot_config: str | 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
-        prog="python -m fastwam_bringup.sim_experiment",
+        prog="python -m fastwam_experiments.sim_towel_fold",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help="experiment directory (default %(default)s)")
     parser.add_argument(
         "--robot-config",
-        default=default_config_path(SIM_CONFIG),
+        default=str(shipped_config(SIM_CONFIG)),
         help="robot config YAML (default %(default)s)",
     )
     parser.add_argument(

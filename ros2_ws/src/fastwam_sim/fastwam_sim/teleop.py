@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastwam.sim.env import ARMS, GRIPPER_OPEN, TowelFoldEnv
+from fastwam_sim.env import ARMS, GRIPPER_OPEN, TowelFoldEnv
 
 
 @dataclass(frozen=True)
