@@ -14,6 +14,7 @@ from fastwam.model import FastWAM, WanComponents, build_random_components
 from fastwam.model import latent_frame_mask as _latent_frame_mask
 from fastwam.normalize import NormalizationStats
 from fastwam.robot import RobotSpec
+from fastwam.robot_config_match import check_fits
 from fastwam_training.config import ExperimentConfig
 
 
@@ -38,9 +39,15 @@ def build(config: ExperimentConfig, robot: RobotSpec, layout: CameraLayout) -> t
     mc = config.model
     if mc.init_checkpoint:
         loaded = ckpt.load_checkpoint(config.resolve_path(mc.init_checkpoint))
-        robot.check_matches(loaded.robot)
-        if loaded.camera_layout != layout:
-            raise ValueError(f"{mc.init_checkpoint}: camera layout differs from this run's")
+        check_fits(
+            loaded.robot,
+            loaded.camera_layout,
+            robot,
+            layout,
+            subject=f"init checkpoint {mc.init_checkpoint}",
+            target="this run's config",
+            setting=None,  # the fix is in the training config, not a robot config
+        )
         if loaded.config.variant != mc.variant:
             raise ValueError(
                 f"{mc.init_checkpoint}: variant {loaded.config.variant!r}, config asks {mc.variant!r}"

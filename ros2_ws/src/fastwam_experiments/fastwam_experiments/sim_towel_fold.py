@@ -878,17 +878,23 @@ def preflight(s: Settings) -> None:
     config = load_config(s.train_config, s.trainer_overrides(s.variants[0] if s.variants else "fast_wam"))
     robot, layout = config.robot_and_cameras()
     expected = load_robot_config(s.robot_config)
+    from fastwam.robot_config_match import check_fits
+
     try:
-        robot.check_matches(expected.robot)
-    except ValueError as error:
-        raise ValueError(
-            f"--train-config {s.train_config} and --robot-config {s.robot_config}: {error}"
-        ) from None
-    if layout != expected.cameras:
-        raise ValueError(
-            f"--train-config {s.train_config} trains for cameras {layout.to_dict()}, but --robot-config "
-            f"{s.robot_config} has {expected.cameras.to_dict()}: they must be the same"
+        check_fits(
+            robot,
+            layout,
+            expected.robot,
+            expected.cameras,
+            subject=f"--train-config {s.train_config}",
+            target=f"--robot-config {s.robot_config}",
+            setting="--robot-config",
         )
+    except ValueError as error:
+        # The node would refuse the trained checkpoint with this robot config: say so before training.
+        raise ValueError(
+            f"{error} (the training config trains for cameras and joints: they must be the robot config's)"
+        ) from None
 
 
 def run_pipeline(s: Settings, evaluate: bool = True) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The Fast-WAM policy node: cameras + joint feedback -> action chunks -> R1 Lite joint targets.
 
-A thin rclpy adapter over the ROS-free pieces: `fastwam.observation.InputTracker` (newest frame per
-camera, joint state nearest the head frame, freshness), `fastwam.policy.FastWAMPolicy` (inference),
-`fastwam.execution.ChunkExecutor` (alignment, blending, limits) and `image_codec` (decoding).
+A thin rclpy adapter over the ROS-free pieces: `fastwam.supervisor.Supervisor` (the states, what
+may happen in each, and why), `fastwam.observation.InputTracker` (newest frame per camera, joint
+state nearest the head frame, freshness), `fastwam.policy.FastWAMPolicy` (inference),
+`fastwam.execution.ChunkExecutor` (alignment, blending, limits), `fastwam.image_decoding`
+(decoding) and `fastwam.robot_config_match.check_fits` (the checkpoint against the robot config).
 
 Threads. Subscriptions, services, the e-stop and the control timer run on the ROS executor; the
 model runs on a worker thread, so everything stays live while it predicts. A replan starts when a
@@ -27,42 +29,28 @@ with the model on its own thread nothing needs more, and rclpy's MultiThreadedEx
 much Python per message (task objects, a wait-set rebuild per callback) that on a small CPU it
 starves the model of the GIL (measured here: 3-5x slower inference, stale-camera holds).
 
-States (fastwam_msgs/PolicyStatus), highest priority first:
-
-    ERROR      model failed to load, checkpoint does not match the robot config, or inference
-               failed 3 times in a row. Nothing is commanded; restart the node.
-    STARTING   loading the checkpoint and running the warm-up inference. Nothing is commanded.
-    ESTOP      ~/estop received true. Commanding stops at once; latched until ~/estop false, after
-               which the node is in dry-run and motion must be enabled again.
-    HOLDING    an input is missing, stale, skewed or invalid, or the last chunk was discarded
-               (NaN/Inf, too late, inference error). No new chunk, no command: the robot keeps its
-               last target. The reason names the stream and the limit. Leaves when inputs recover.
-               Invalid messages hold at once; age and skew must fail on two consecutive control
-               ticks (a tick that runs late would otherwise judge frames whose callbacks wait).
-               Also while motion is enabled and there is nothing to command: no chunk yet since
-               enabling or recovering, or the plan exhausted before the next chunk landed
-               (inference slower than the plan lasts); the reason says which.
-    EXECUTING  motion enabled: one JointState per command topic at the control rate, plus the
-               whole plan as a JointTrajectory when a chunk lands.
-    DRY_RUN    motion disabled (the default): the same predictions and execution bookkeeping,
-               monitoring published, nothing on the command or trajectory topics.
+States (fastwam_msgs/PolicyStatus): STARTING, DRY_RUN, EXECUTING, HOLDING, ESTOP, ERROR, decided by
+`fastwam.supervisor.Supervisor` (what each means, the transition table, the input debounce, the
+failure count that leads to ERROR); this node feeds it events and publishes what it says. EXECUTING
+publishes one JointState per command topic at the control rate, plus the whole plan as a
+JointTrajectory when a chunk lands; DRY_RUN the same predictions and monitoring, nothing on the
+command or trajectory topics.
 
 Motion is enabled by the ``motion_enabled`` parameter or ~/set_motion_enabled (both take the same
-path; enabling is refused in STARTING, ERROR and ESTOP). On enabling, the plan restarts from the
+path; enabling is refused in STARTING, ERROR and ESTOP: `Supervisor.enable_refusal`). On enabling, the plan restarts from the
 measured joint positions. Every command is clamped to the joint limits and moves each joint by at
 most max_velocity / rate per step. Disabling, errors, e-stop and shutdown stop commanding.
 
 Topics (names from the robot config; ~ is this node's namespace): cameras (CompressedImage or
 Image) and joint feedback in, BEST_EFFORT depth 1; R1 Lite JointState targets, ~/joint_trajectory,
 ~/action_chunk, ~/status (1 Hz and on a change of state or cause), ~/composite_image, ~/chunk_plot
-out, reliable. A cause is the reason without its measured numbers (a frame's age changes every tick:
-it is a new value of the same cause, published at 1 Hz, not a change); the log follows the same
-rule.
+out, reliable. A cause is the reason without its measured numbers (`fastwam.supervisor.cause`: a
+frame's age changes every tick: it is a new value of the same cause, published at 1 Hz, not a
+change); the log follows the same rule.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 import threading
@@ -83,12 +71,15 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from fastwam import image_decoding as image_codec
+from fastwam import image_decoding
 from fastwam.execution import ChunkExecutor, JointLimits
+from fastwam.inference_device import resolve_inference_device
 from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
+from fastwam.robot_config_match import check_fits
 from fastwam.shipped_configs import default_robot_config
+from fastwam.supervisor import State, Supervisor, cause
 from fastwam_msgs.msg import ActionChunk, PolicyStatus
 from fastwam_msgs.srv import SetInstruction, SetMotionEnabled
 from fastwam_policy.chunk_plot import render_chunk_plot
@@ -104,16 +95,9 @@ ESTOP_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-MAX_INFERENCE_FAILURES = 3  # consecutive; then ERROR
 LATENCY_WINDOW = 50  # chunks in the latency median / p95
 DELAY_WINDOW = 10  # chunks in the RTC inference-delay estimate
 EXECUTION_MODES = ("blend", "rtc")
-_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
-
-
-def cause(reason: str) -> str:
-    """The reason without its numbers: what a status or log line changes on (module docstring)."""
-    return _NUMBER.sub("#", reason)
 
 
 @dataclass(frozen=True)
@@ -178,23 +162,12 @@ class FastWAMPolicyNode(Node):
             0 if self._execution == "rtc" else control.blend_steps,
             control.replan_steps_left,
         )
-        # Lifecycle flags (guarded by _lock); the state is derived from them in _state().
-        self._ready = False
-        self._starting = "loading checkpoint"
-        self._error = ""
-        self._estop = False
-        self._motion_enabled = False
-        self._motion_requested = bool(self.get_parameter("motion_enabled").value)
-        self._shutting_down = False
-        self._problems: list[str] = []
-        self._problems_pending = False  # a timing problem seen on the last tick, not yet acted on
-        self._hold_reason = ""  # last chunk discarded / inference failed
+        # The state machine (guarded by _lock): mode, e-stop latch, error, holds, failure count.
+        self._supervisor = Supervisor(self._plan, bool(self.get_parameter("motion_enabled").value))
         self._instruction = str(self.get_parameter("instruction").value)
         self._generation = 0
         self._replan_now = False
-        self._busy = False  # the worker has a request
         self._request: _Request | None = None
-        self._failures = 0
         self._chunks_predicted = 0
         self._steps_executed = 0
         self._last_step_time = -1.0
@@ -345,8 +318,8 @@ class FastWAMPolicyNode(Node):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         with self._lock:
             for p in params:
-                if p.name == "motion_enabled" and p.value is True and not self._motion_enabled:
-                    refusal = self._enable_refusal()
+                if p.name == "motion_enabled" and p.value is True and not self._supervisor.motion_enabled:
+                    refusal = self._supervisor.enable_refusal()
                     if refusal:
                         return SetParametersResult(successful=False, reason=refusal)
                 if p.name == "instruction" and not isinstance(p.value, str):
@@ -362,24 +335,9 @@ class FastWAMPolicyNode(Node):
         self._publish_status(only_on_change=True)
         return SetParametersResult(successful=True)
 
-    def _enable_refusal(self) -> str:
-        if self._error:
-            return f"cannot enable motion: node in ERROR ({self._error})"
-        if self._estop:
-            return "cannot enable motion: emergency stop latched (publish false on ~/estop first)"
-        if not self._ready:
-            return f"cannot enable motion: node still starting ({self._starting})"
-        return ""
-
     def _set_motion(self, enabled: bool) -> None:
-        if enabled and not self._motion_enabled:
-            self._plan.clear()  # restart from the measured joints, not from the dry-run plan
-            self._motion_enabled = True
-            self.get_logger().info("motion enabled")
-        elif not enabled and self._motion_enabled:
-            self._motion_enabled = False
-            self.get_logger().info("motion disabled (dry-run)")
-        self._motion_requested = enabled
+        if self._supervisor.set_motion(enabled):
+            self.get_logger().info("motion enabled" if enabled else "motion disabled (dry-run)")
 
     # ---- services and e-stop -----------------------------------------------------------------
     def _on_set_instruction(self, request, response):
@@ -400,17 +358,12 @@ class FastWAMPolicyNode(Node):
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
-            if msg.data and not self._estop:
-                self._estop = True
-                self._motion_enabled = False
-                self._plan.hold()
-                self.get_logger().error("EMERGENCY STOP: commanding stopped, latched until ~/estop false")
-            elif not msg.data and self._estop:
-                self._estop = False
-                self._plan.clear()
-                self.get_logger().warning("emergency stop released: dry-run; enable motion again to move")
-            else:
+            if not self._supervisor.estop(msg.data):
                 return
+            if msg.data:
+                self.get_logger().error("EMERGENCY STOP: commanding stopped, latched until ~/estop false")
+            else:
+                self.get_logger().warning("emergency stop released: dry-run; enable motion again to move")
         if self.get_parameter("motion_enabled").value:
             self.set_parameters([Parameter("motion_enabled", Parameter.Type.BOOL, False)])
         self._publish_status(only_on_change=True)
@@ -423,8 +376,8 @@ class FastWAMPolicyNode(Node):
         now = self._now()
         stamp = _seconds(msg.header.stamp) or now  # an unstamped driver: arrival time
         try:
-            image_codec.check(msg)
-        except image_codec.ImageError as error:
+            image_decoding.check(msg)
+        except image_decoding.ImageError as error:
             with self._lock:
                 self._tracker.reject_frame(key, now, f"{self._camera_topics[key]}: {error}")
             self.get_logger().warning(f"camera {key!r}: {error}", throttle_duration_sec=2.0)
@@ -452,26 +405,21 @@ class FastWAMPolicyNode(Node):
 
     def _maybe_request(self, now: float) -> None:
         """Hand the newest observation to the worker if a chunk is due (caller holds the lock)."""
-        if not self._ready or self._error or self._estop or self._busy or self._shutting_down:
+        if not self._supervisor.may_request:
             return
         if not (self._plan.needs_chunk or self._replan_now):
             return
         observation = self._tracker.observation(now)
         if isinstance(observation, list):
             return  # no new chunk; the control tick holds and reports why
-        self._busy = True
+        self._supervisor.busy = True
         self._replan_now = False
         self._request = _Request(observation, self._instruction, self._generation)
         self._wake.notify()
 
     # ---- control -----------------------------------------------------------------------------
     def _commanding(self) -> bool:
-        return (
-            self._motion_enabled
-            and self._ready
-            and not (self._estop or self._error or self._shutting_down)
-            and self.context.ok()
-        )
+        return self._supervisor.commanding and self.context.ok()
 
     def _on_control_tick(self) -> None:
         with self._lock:
@@ -482,19 +430,11 @@ class FastWAMPolicyNode(Node):
 
     def _control_step(self, now: float) -> None:
         """Command the plan's next step (caller holds the lock)."""
-        if not self._ready or self._error or self._estop or self._shutting_down:
+        if not self._supervisor.live:
             return
         problems = self._tracker.problems(now)
-        if problems and not self._tracker.has_invalid_input() and not self._problems_pending:
-            # Age and skew are judged on two consecutive ticks: a tick that runs late (this process
-            # was descheduled) sees frames as old before their pending callbacks have been run.
-            self._problems_pending, problems = True, []
-        elif not problems:
-            self._problems_pending = False
-        self._problems = problems
-        if problems:
-            self._plan.hold()  # inputs bad: the robot keeps its last target
-            return
+        if not self._supervisor.judge_inputs(problems, self._tracker.has_invalid_input()):
+            return  # inputs bad (debounced): the plan is held, the robot keeps its last target
         command = self._plan.step(now)
         self._last_step_time = now
         if command is None:
@@ -529,31 +469,29 @@ class FastWAMPolicyNode(Node):
             self._load_model()
         except Exception as error:  # any failure here is reported, never raised into the executor
             with self._lock:
-                self._error = f"start-up failed: {type(error).__name__}: {error}"
-            self.get_logger().error(self._error)
+                self._supervisor.fail(f"start-up failed: {type(error).__name__}: {error}")
+            self.get_logger().error(self._supervisor.error)
             self._publish_status(only_on_change=True)
             return
         while True:
             with self._lock:
-                while self._request is None and not self._shutting_down:
+                while self._request is None and not self._supervisor.shutting_down:
                     self._wake.wait(timeout=1.0)
-                if self._shutting_down:
+                if self._supervisor.shutting_down:
                     return
                 request, self._request = self._request, None
             try:
                 self._infer(request)
             except Exception as error:  # a bug, or the context shutting down under us: stop commanding
                 with self._lock:
-                    if not self._shutting_down and self.context.ok():
-                        self._error = (
+                    if not self._supervisor.shutting_down and self.context.ok():
+                        self._supervisor.fail(
                             f"internal error in the inference worker: {type(error).__name__}: {error}"
                         )
-                        self._motion_enabled = False
-                        self._plan.hold()
-                        self.get_logger().error(self._error)
+                        self.get_logger().error(self._supervisor.error)
             finally:
                 with self._lock:
-                    self._busy = False
+                    self._supervisor.busy = False
 
     def _load_model(self) -> None:
         import torch
@@ -563,34 +501,19 @@ class FastWAMPolicyNode(Node):
         checkpoint = self.get_parameter("checkpoint").value
         if not checkpoint:
             raise ValueError("parameter 'checkpoint' is empty")
-        device = self.get_parameter("device").value
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype_name = self.get_parameter("dtype").value
-        if dtype_name == "auto":
-            dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype_name not in dtypes:
-            raise ValueError(f"parameter 'dtype' must be auto or one of {sorted(dtypes)}, got {dtype_name!r}")
-        compile_mode = self.get_parameter("compile").value
-        if compile_mode == "auto":
-            compile_mode = "torch_compile" if device.startswith("cuda") else "none"
-        self.get_logger().info(f"loading {checkpoint} on {device} ({dtype_name}, compile {compile_mode})")
+        run = resolve_inference_device(
+            self.get_parameter("device").value,
+            self.get_parameter("dtype").value,
+            self.get_parameter("compile").value,
+            torch.cuda.is_available(),
+        )
+        device = run.device
+        self.get_logger().info(f"loading {checkpoint} on {device} ({run.dtype}, compile {run.compile})")
         policy = FastWAMPolicy.from_pretrained(
-            checkpoint, device=device, dtype=dtypes[dtype_name], compile=compile_mode
+            checkpoint, device=device, dtype=getattr(torch, run.dtype), compile=run.compile
         )
         # Action dims map to joints through the checkpoint's robot spec, checked against the config.
-        try:
-            policy.robot.check_matches(self.config.robot)
-            if policy.camera_layout != self.config.cameras:
-                raise ValueError(
-                    f"checkpoint camera layout {policy.camera_layout.to_dict()} != robot config cameras "
-                    f"{self.config.cameras.to_dict()}"
-                )
-        except ValueError as error:  # usually the wrong config: name the shipped one that fits
-            from fastwam.robot_config_match import fitting_config_hint
-
-            raise ValueError(f"{error}{fitting_config_hint(policy.robot, policy.camera_layout)}") from None
+        check_fits(policy.robot, policy.camera_layout, self.config.robot, self.config.cameras)
         if abs(policy.fps - self.config.control.rate_hz) > 1e-6:
             raise ValueError(
                 f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
@@ -608,7 +531,7 @@ class FastWAMPolicyNode(Node):
             policy.num_action_samples = samples
         generator = torch.Generator(device=device).manual_seed(int(self.get_parameter("seed").value))
         with self._lock:
-            self._starting = "warming up"
+            self._supervisor.loading("warming up")
         self._publish_status(only_on_change=True)
         robot = self.config.robot
         images = {
@@ -624,9 +547,8 @@ class FastWAMPolicyNode(Node):
                 raise ValueError(f"warm-up chunk has shape {out.actions.shape}")
         with self._lock:
             self._policy, self._generator = policy, generator
-            self._ready = True
-            if self._motion_requested and not self._estop:
-                self._set_motion(True)
+            if self._supervisor.loaded() is State.EXECUTING:  # motion_enabled:=true at start-up
+                self.get_logger().info("motion enabled")
         self.get_logger().info(
             f"ready: horizon {policy.action_horizon} steps at {policy.fps:g} Hz, "
             f"{policy.num_action_samples} sampler draw(s) per chunk, execution {self._execution}"
@@ -655,23 +577,17 @@ class FastWAMPolicyNode(Node):
         except Exception as error:  # the model must not take the node down; repeated failure: ERROR
             with self._lock:
                 self._chunks_predicted += 1
-                self._failures += 1
-                self._hold_reason = f"inference failed: {type(error).__name__}: {error}"
-                self._plan.hold()
-                if self._failures >= MAX_INFERENCE_FAILURES:
-                    self._error = f"{self._failures} consecutive inference failures; last: {error}"
-                    self._motion_enabled = False
-            self.get_logger().error(self._hold_reason)
-            if self._error and self.get_parameter("motion_enabled").value:
+                self._supervisor.inference_failed(error)
+                failed = self._supervisor.mode is State.ERROR
+            self.get_logger().error(self._supervisor.hold_reason)
+            if failed and self.get_parameter("motion_enabled").value:
                 self.set_parameters([Parameter("motion_enabled", Parameter.Type.BOOL, False)])
             self._publish_status(only_on_change=True)
             return
         with self._lock:
             self._chunks_predicted += 1
             sequence = self._chunks_predicted
-            if request.generation != self._generation or not self._ready or self._estop or self._error:
-                return
-            if self._shutting_down:
+            if request.generation != self._generation or not self._supervisor.live:
                 return
             now = self._now()
             if self._plan.last_command is None:
@@ -681,11 +597,10 @@ class FastWAMPolicyNode(Node):
             result = self._plan.merge(actions, observation.stamp, now)
             self._delays.append(now - observation.stamp)
             if not result.accepted:
-                self._hold_reason = f"chunk {sequence} discarded: {result.reason}"
-                self.get_logger().warning(self._hold_reason, throttle_duration_sec=2.0)
+                self._supervisor.chunk_discarded(f"chunk {sequence} discarded: {result.reason}")
+                self.get_logger().warning(self._supervisor.hold_reason, throttle_duration_sec=2.0)
             else:
-                self._hold_reason = ""
-                self._failures = 0
+                self._supervisor.chunk_accepted()
                 self._latencies.append(float(timings.get("total", 0.0)))
                 if self._commanding():
                     self._trajectory_pub.publish(self._trajectory(self._plan.plan, now))
@@ -699,7 +614,7 @@ class FastWAMPolicyNode(Node):
         self._publish_status(only_on_change=True)
         # Monitoring after the chunk is applied: composing and drawing stay off the latency path.
         with self._lock:
-            if self._shutting_down:
+            if self._supervisor.shutting_down:
                 return
             show = self._composite_pub.get_subscription_count() > 0
         if show:
@@ -721,8 +636,8 @@ class FastWAMPolicyNode(Node):
 
     def _decode(self, frame) -> np.ndarray | str:
         try:
-            return image_codec.decode(frame.payload)
-        except image_codec.ImageError as error:
+            return image_decoding.decode(frame.payload)
+        except image_decoding.ImageError as error:
             return str(error)
 
     # ---- monitoring --------------------------------------------------------------------------
@@ -738,42 +653,18 @@ class FastWAMPolicyNode(Node):
             setattr(msg, f"{key}_ms", float(timings.get(key, 0.0)))
         return msg
 
-    def _state(self) -> tuple[int, str]:
-        if self._error:
-            return PolicyStatus.STATE_ERROR, self._error
-        if not self._ready:
-            return PolicyStatus.STATE_STARTING, self._starting
-        if self._estop:
-            return PolicyStatus.STATE_ESTOP, "emergency stop latched (~/estop)"
-        if self._problems:
-            return PolicyStatus.STATE_HOLDING, "; ".join(self._problems)
-        if self._hold_reason:
-            return PolicyStatus.STATE_HOLDING, self._hold_reason
-        if self._motion_enabled:
-            if self._plan.exhausted:
-                held = self._plan.exhausted_for(self._now())
-                waiting = "the next chunk is being predicted" if self._busy else "no chunk requested yet"
-                return PolicyStatus.STATE_HOLDING, (
-                    f"plan exhausted {held:.1f} s ago: holding the last target; {waiting} "
-                    f"(inference slower than the {self.config.control.replan_steps_left} steps left "
-                    "at the request)"
-                )
-            if self._plan.plan is None:
-                return PolicyStatus.STATE_HOLDING, "no plan: holding the last target until a chunk lands"
-            return PolicyStatus.STATE_EXECUTING, ""
-        return PolicyStatus.STATE_DRY_RUN, ""
-
     def _publish_status(self, only_on_change: bool = False) -> None:
         with self._lock:
-            if self._shutting_down:
+            if self._supervisor.shutting_down:
                 return
-            state, reason = self._state()
-            key = (state, cause(reason), self._motion_enabled)
+            now = self._now()
+            state, reason = self._supervisor.status(now)
+            motion_enabled = self._supervisor.motion_enabled
+            key = (state, cause(reason), motion_enabled)
             if only_on_change and key == self._published_state:
                 return
             self._published_state = key
-            now = self._now()
-            msg = PolicyStatus(state=state, reason=reason, motion_enabled=self._motion_enabled)
+            msg = PolicyStatus(state=int(state), reason=reason, motion_enabled=motion_enabled)
             msg.header.stamp = _to_time(now)
             msg.instruction = self._instruction
             if self._latencies:
@@ -790,25 +681,25 @@ class FastWAMPolicyNode(Node):
             logged = (state, cause(reason))
             changed, previous, self._logged_state = logged != self._logged_state, self._logged_state, logged
         if changed:
-            text = f"state {_STATE_NAMES[state]}{': ' + reason if reason else ''}"
+            text = f"state {state.name}{': ' + reason if reason else ''}"
             # rclpy loggers fix the severity and the throttling per call site: one call per kind.
             # An exhausted plan can come and go with every chunk on a slow computer: its lines, and
             # the EXECUTING that ends it, at most every 5 s (the status topic has every change).
             exhausted = reason.startswith("plan exhausted") or (
                 previous is not None and previous[1].startswith("plan exhausted")
             )
-            if exhausted and state == PolicyStatus.STATE_HOLDING:
+            if exhausted and state is State.HOLDING:
                 self.get_logger().warning(text, throttle_duration_sec=5.0)
-            elif exhausted and state == PolicyStatus.STATE_EXECUTING:
+            elif exhausted and state is State.EXECUTING:
                 self.get_logger().info(text, throttle_duration_sec=5.0)
-            elif state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_ESTOP, PolicyStatus.STATE_ERROR):
+            elif state in (State.HOLDING, State.ESTOP, State.ERROR):
                 self.get_logger().warning(text)
             else:
                 self.get_logger().info(text)
 
     def _publish_plot(self) -> None:
         with self._lock:
-            if self._shutting_down or self._plan.chunk is None:
+            if self._supervisor.shutting_down or self._plan.chunk is None:
                 return
             if self._plot_pub.get_subscription_count() == 0:
                 return
@@ -829,9 +720,7 @@ class FastWAMPolicyNode(Node):
     # ---- shutdown ----------------------------------------------------------------------------
     def destroy_node(self):
         with self._lock:
-            self._shutting_down = True  # no command from here on
-            self._motion_enabled = False
-            self._plan.hold()
+            self._supervisor.shutdown()  # no command from here on
             self._wake.notify_all()
         self._worker.join(timeout=10.0)
         self._decoder.shutdown(wait=False)
@@ -840,7 +729,7 @@ class FastWAMPolicyNode(Node):
 
 def status_line(msg: PolicyStatus) -> str:
     """One human-readable line of a PolicyStatus, e.g. for an RViz text overlay."""
-    parts = [_STATE_NAMES[msg.state] + (f" ({msg.reason})" if msg.reason else "")]
+    parts = [State(msg.state).name + (f" ({msg.reason})" if msg.reason else "")]
     parts.append("motion enabled" if msg.motion_enabled else "dry-run")
     if msg.latency_median_ms:
         parts.append(f"latency {msg.latency_median_ms:.0f}/{msg.latency_p95_ms:.0f} ms (median/p95)")
@@ -849,16 +738,6 @@ def status_line(msg: PolicyStatus) -> str:
     if ages:
         parts.append(f"camera ages {ages}")
     return " | ".join(parts)
-
-
-_STATE_NAMES = {
-    PolicyStatus.STATE_STARTING: "STARTING",
-    PolicyStatus.STATE_DRY_RUN: "DRY_RUN",
-    PolicyStatus.STATE_EXECUTING: "EXECUTING",
-    PolicyStatus.STATE_HOLDING: "HOLDING",
-    PolicyStatus.STATE_ESTOP: "ESTOP",
-    PolicyStatus.STATE_ERROR: "ERROR",
-}
 
 
 def main(args=None) -> int:
