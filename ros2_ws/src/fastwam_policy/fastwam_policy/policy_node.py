@@ -37,9 +37,10 @@ JointTrajectory when a chunk lands; DRY_RUN the same predictions and monitoring,
 command or trajectory topics.
 
 Motion is enabled by the ``motion_enabled`` parameter or ~/set_motion_enabled (both take the same
-path; enabling is refused in STARTING, ERROR and ESTOP: `Supervisor.enable_refusal`). On enabling, the plan restarts from the
-measured joint positions. Every command is clamped to the joint limits and moves each joint by at
-most max_velocity / rate per step. Disabling, errors, e-stop and shutdown stop commanding.
+path; enabling is refused in STARTING, ERROR and ESTOP: `Supervisor.enable_refusal`). On enabling,
+the plan restarts from the measured joint positions. Every command is clamped to the joint limits
+and moves each joint by at most max_velocity / rate per step. Disabling, errors, e-stop and
+shutdown stop commanding.
 
 Topics (names from the robot config; ~ is this node's namespace): cameras (CompressedImage or
 Image) and joint feedback in, BEST_EFFORT depth 1; R1 Lite JointState targets, ~/joint_trajectory,
