@@ -24,6 +24,12 @@ from fastwam.model.rtc import ChunkGuide
 from fastwam.robot import RobotSpec
 
 TIMING_KEYS = ("preprocess", "text_encode", "vae_encode", "prefix", "action", "total")
+# torch intra-op threads for inference on CPU. One: on a machine whose cores are busy with other work
+# (a robot PC's drivers, the simulator rendering cameras, a recording, a build), torch's OpenMP threads
+# spin-wait on each other while the scheduler runs someone else on the core they wait for. Measured
+# with two busy-loop processes on this 2-core machine (benchmarks/inference_latency.py --preset sim
+# --threads N, two runs each): a chunk takes 516 / 668 ms median on 1 thread, 5350 / 12390 ms on 2.
+CPU_THREADS = 1
 
 
 @dataclass
@@ -39,12 +45,20 @@ class FastWAMPolicy:
     max_cached_instructions = 16
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, device: str | torch.device = "cpu", compile: str = "none"
+        self,
+        checkpoint: LoadedCheckpoint,
+        device: str | torch.device = "cpu",
+        compile: str = "none",
+        cpu_threads: int | None = CPU_THREADS,
     ):
         """``compile``: how the cached prefix + action loop run (``fastwam.model.action_loop``):
         ``"none"`` (static loop, eager), ``"cudagraph"`` (CUDA graphs on CUDA, eager replay on CPU)
         or ``"torch_compile"`` (inductor-fused Wan block, plus the CUDA graphs on CUDA; eager
-        fallback). Both capturing modes also replay the VAE encode as a CUDA graph on CUDA."""
+        fallback). Both capturing modes also replay the VAE encode as a CUDA graph on CUDA.
+        ``cpu_threads``: torch's intra-op threads while predicting on CPU (see CPU_THREADS), set in
+        the thread that calls `predict` (OpenMP keeps the count per thread); None leaves torch's."""
+        if cpu_threads is not None and (isinstance(cpu_threads, bool) or int(cpu_threads) < 1):
+            raise ValueError(f"cpu_threads must be None or a positive integer, got {cpu_threads!r}")
         if checkpoint.components is None:
             raise ValueError("FastWAMPolicy needs the checkpoint's VAE / text encoder (load_components=True)")
         self.checkpoint = checkpoint
@@ -53,6 +67,7 @@ class FastWAMPolicy:
         self.components = checkpoint.components
         self.components.capture_encode = compile != "none"
         self.device = torch.device(device)
+        self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
         self.camera_layout: CameraLayout = checkpoint.camera_layout
         self.robot: RobotSpec = checkpoint.robot
         self.config: FastWAMConfig = checkpoint.config
@@ -72,8 +87,10 @@ class FastWAMPolicy:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         compile: str = "none",
+        cpu_threads: int | None = CPU_THREADS,
     ) -> FastWAMPolicy:
-        return cls(load_checkpoint(path, device=device, dtype=dtype), device=device, compile=compile)
+        checkpoint = load_checkpoint(path, device=device, dtype=dtype)
+        return cls(checkpoint, device=device, compile=compile, cpu_threads=cpu_threads)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -154,6 +171,8 @@ class FastWAMPolicy:
         the chunk with real-time chunking (`fastwam.model.rtc`) as a continuation of the plan in
         it (physical units), on the eager path."""
         t0 = time.perf_counter()
+        if self.device.type == "cpu" and self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
         state = self._check_inputs(images, state, instruction)
         composite = self.camera_layout.compose(images)  # [H, W, 3] uint8
         video = composite_to_tensor(composite)[None, :, None].to(self.device)  # [1, 3, 1, H, W]

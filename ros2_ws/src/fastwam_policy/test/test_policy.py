@@ -9,7 +9,7 @@ import torch
 from fastwam.camera import CameraLayout, CameraView, composite_to_tensor
 from fastwam.checkpoint import create_random_checkpoint
 from fastwam.normalize import FeatureStats, NormalizationStats
-from fastwam.policy import TIMING_KEYS, FastWAMPolicy, PolicyOutput
+from fastwam.policy import CPU_THREADS, TIMING_KEYS, FastWAMPolicy, PolicyOutput
 from fastwam.robot import JointGroup, RobotSpec
 
 # Head camera on top, two wrist cameras below (the R1 Lite arrangement, tiny): 64x64 composite.
@@ -155,3 +155,26 @@ def test_graph_capture_option_gives_the_eager_actions(paths, policy):
         assert diff <= 1e-4, f"call {seed}: cudagraph vs none max abs diff {diff:.3e} (physical units)"
     with pytest.raises(ValueError, match="compile mode"):
         FastWAMPolicy.from_pretrained(paths / "plain", compile="jit")
+
+
+def test_cpu_inference_sets_its_thread_count_in_the_predicting_thread(paths):
+    """One intra-op thread by default on CPU (fastwam.policy.CPU_THREADS: spin-waiting threads on a
+    busy machine), set in the thread that predicts, as the policy node's worker thread does; None
+    leaves torch's count; a count below 1 is refused."""
+    import threading
+
+    seen: dict[str, int] = {}
+
+    def predict(policy, name):
+        torch.set_num_threads(2)
+        policy.predict(_images(), np.zeros(3), "fold the towel")
+        seen[name] = torch.get_num_threads()
+
+    for name, threads in (("default", CPU_THREADS), ("three", 3), ("torch", None)):
+        policy = FastWAMPolicy.from_pretrained(paths / "plain", cpu_threads=threads)
+        worker = threading.Thread(target=predict, args=(policy, name))
+        worker.start()
+        worker.join()
+    assert seen == {"default": 1, "three": 3, "torch": 2}
+    with pytest.raises(ValueError, match="cpu_threads"):
+        FastWAMPolicy.from_pretrained(paths / "plain", cpu_threads=0)
