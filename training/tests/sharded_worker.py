@@ -15,12 +15,15 @@ Writes rank<r>.pt with what the test checks.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch.distributed.tensor import DTensor
 
+from fastwam_training import sharding
 from fastwam_training.config import load_config
 from fastwam_training.sharding import local_numel
 from fastwam_training.trainer import Trainer
@@ -37,6 +40,25 @@ def keep_process_group(accelerator: Accelerator) -> None:
             tracker.finish()
 
     accelerator.end_training = end_training
+
+
+@contextmanager
+def layer_probe(probe: Callable[[list], None]):
+    """Call ``probe(blocks)`` as each MoT layer starts. The layer computes the Wan block
+    functionally over the blocks' tensors (``fastwam.model.block``: no submodule is called, so a
+    module hook never fires); the probe sits in the layer function that the FSDP unit's registered
+    forward method calls, after FSDP has gathered (and cast) the pair's weights."""
+    layer_fn = sharding.shared_layer
+
+    def probed(blocks, streams, mask):
+        probe(blocks)
+        return layer_fn(blocks, streams, mask)
+
+    sharding.shared_layer = probed
+    try:
+        yield
+    finally:
+        sharding.shared_layer = layer_fn
 
 
 def main() -> None:
@@ -58,8 +80,8 @@ def main() -> None:
     # While layer 1 runs, layer 0 is sharded again (freed after its forward) and layer 1 is whole.
     seen: list[tuple[bool, bool]] = []
 
-    def probe(module, args):
-        if torch.is_grad_enabled():
+    def probe(blocks):
+        if blocks[0] is model.video.blocks[1] and torch.is_grad_enabled():
             seen.append(
                 (
                     isinstance(model.video.blocks[0].attn1.to_q.weight, DTensor),
@@ -67,9 +89,8 @@ def main() -> None:
                 )
             )
 
-    handle = model.video.blocks[1].attn1.to_q.register_forward_pre_hook(probe)
-    trainer.train()
-    handle.remove()
+    with layer_probe(probe):
+        trainer.train()
     probe_result = {
         "local_numel": local,
         "total_numel": total,
@@ -106,11 +127,13 @@ def main() -> None:
     bf16 = Trainer(config_c)
     keep_process_group(bf16.accelerator)
     compute: list[torch.dtype] = []
-    hook = bf16.model.video.blocks[0].attn1.to_q.register_forward_pre_hook(
-        lambda m, a: compute.append(m.weight.dtype)
-    )
-    history_c = bf16.train()
-    hook.remove()
+    first_block = bf16.model.video.blocks[0]
+    with layer_probe(
+        lambda blocks: (
+            compute.append(first_block.attn1.to_q.weight.dtype) if blocks[0] is first_block else None
+        )
+    ):
+        history_c = bf16.train()
     run_c = {
         "losses": [row["loss"] for row in history_c],
         "master_dtypes": sorted({str(p.dtype) for p in bf16.model.parameters()}),

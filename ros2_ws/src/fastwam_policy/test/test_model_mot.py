@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastwam.config import preset
+from fastwam.config import VARIANTS, preset
 from fastwam.model import FastWAM, flow
 from fastwam.model.action_expert import resize_tensor
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import GROUPS, MASK_RULES, build_mask, group_slices
+from fastwam.model.variants import INFERENCE_MODES, VARIANT_RULES, variant_rules
 
 # The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
 # pytest's importlib mode, where the test folder is not on sys.path.
@@ -209,6 +210,21 @@ def test_each_variant_mask_matches_its_definition_group_by_group(variant):
             allowed = (q, k) in DEFINITIONS[variant]
             assert bool(block.all()) if allowed else not bool(block.any()), (variant, q, k)
     assert list(slices) == [g for g in GROUPS if g in sizes]
+
+
+def test_every_variant_has_rules_that_agree_with_its_mask():
+    """variants.VARIANT_RULES and masks.MASK_RULES describe the same variants, and the rules say
+    what the masks do: a ground-truth future the actions see is the ``cond`` group; joint's actions
+    see the future video (so nothing can be cached before sampling)."""
+    assert set(VARIANT_RULES) == set(MASK_RULES) == set(VARIANTS)
+    for name, rules in VARIANT_RULES.items():
+        assert rules.inference in INFERENCE_MODES
+        assert rules.future_condition == ("cond" in MASK_RULES[name]), name
+        assert (rules.inference == "joint") == ("future" in MASK_RULES[name]["action"]), name
+        assert rules.cached_loop == (rules.inference != "joint")
+    assert [v for v, r in VARIANT_RULES.items() if not r.video_loss] == ["no_cotrain"]
+    with pytest.raises(ValueError, match="bogus"):
+        variant_rules("bogus")
 
 
 def test_mask_rejects_unknown_groups_and_variants():

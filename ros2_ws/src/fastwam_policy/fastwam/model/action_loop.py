@@ -45,11 +45,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fastwam.model import flow
 from fastwam.model.action_expert import action_rope
 from fastwam.model.block import BlockConstants, BlockWeights, cached_block, folded_modulation
 from fastwam.model.context import ActionCache, Context
 from fastwam.model.embed import patchify, rope_tables, time_embedding, token_grid, video_rope
+from fastwam.model.flow import euler, guided, sigma_grid
 
 COMPILE_MODES = ("none", "cudagraph", "torch_compile")
 
@@ -181,7 +181,7 @@ class ActionLoop:
         if key == self._const_key:
             return False
         model, ex, vm = self.model, self.model.expert, self.model.video
-        self.sigmas = flow.sigma_grid(self.steps, model.config.sample_shift, device=self.device)
+        self.sigmas = sigma_grid(self.steps, model.config.sample_shift, device=self.device)
         like = torch.empty(0, device=self.device, dtype=model.dtype)
         _, proj = time_embedding(ex.condition_embedder, self.sigmas[: self.steps], like)
         proj = proj.unflatten(1, (6, -1))  # [steps, 6, D]
@@ -219,9 +219,9 @@ class ActionLoop:
         k, v = self.cache.k, self.cache.v
 
         def velocity(x, i):
-            return flow.guided(lambda xx: self._expert(xx, self.mods[i], self._layer, k, v), x, self.scale)
+            return guided(lambda xx: self._expert(xx, self.mods[i], self._layer, k, v), x, self.scale)
 
-        self.out.copy_(flow.euler(velocity, self.noise, self.sigmas))
+        self.out.copy_(euler(velocity, self.noise, self.sigmas))
 
     def _prefix_static(self) -> None:
         """latents + video context buffers -> prefix K/V buffers (what the prefix graph holds)."""
@@ -331,4 +331,4 @@ class ActionLoop:
         into an earlier call's. Call after ``prefill`` (whose constants it reads)."""
         k = [t.detach() for t in self.cache.k]
         v = [t.detach() for t in self.cache.v]
-        return flow.guided(lambda xx: self._expert(xx, self.mods[step], cached_block, k, v), x, self.scale)
+        return guided(lambda xx: self._expert(xx, self.mods[step], cached_block, k, v), x, self.scale)

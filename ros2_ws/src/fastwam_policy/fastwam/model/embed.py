@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastwam.model import flow
+from fastwam.model.flow import TIMESTEP_SCALE
 
 
 def time_embedding(
@@ -19,7 +19,7 @@ def time_embedding(
     """t in [0, 1], any shape S -> temb [*S, D], temb_proj [*S, 6 D] (diffusers' dtype handling:
     ``WanTimeTextImageEmbedding.forward`` casts the sinusoids to the embedder's dtype)."""
     shape = t.shape
-    ts = embedder.timesteps_proj((t * flow.TIMESTEP_SCALE).flatten()).unflatten(0, shape)
+    ts = embedder.timesteps_proj((t * TIMESTEP_SCALE).flatten()).unflatten(0, shape)
     emb_dtype = next(iter(embedder.time_embedder.parameters())).dtype
     if ts.dtype != emb_dtype:
         ts = ts.to(emb_dtype)

@@ -382,6 +382,8 @@ class FastWAM(nn.Module):
         sync: Callable[[], None] | None = None,
         compile: str | None = None,
         samples: int | None = None,
+        noise: torch.Tensor | None = None,
+        sampler: Callable[[ActionLoop, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Actions [B, H, A] (normalised, fp32) from the first-frame latents [B, C, 1, h, w] and the
         context (``with_state(encode_instruction(...), state)``). Returns (actions, timings_ms) with
@@ -390,7 +392,10 @@ class FastWAM(nn.Module):
         The cached variants run the static ``ActionLoop`` (tested against the eager module-by-module
         reference to 1e-5); ``compile`` overrides ``self.compile_mode``.
         ``samples`` (default ``config.num_action_samples``): the actions are the mean of this many
-        draws, sampled as one batch against one prefix pass (IDM: one imagined future for all)."""
+        draws, sampled as one batch against one prefix pass (IDM: one imagined future for all).
+        ``noise`` [B * samples, H, A] instead of drawing it from ``generator``; ``sampler(loop,
+        noise)`` instead of ``ActionLoop.sample`` for the action stage of the cached variants (real-
+        time chunking's guided sampler, ``rtc.infer_guided``)."""
         cfg = self.config
         rules = variant_rules(cfg.variant)
         steps = steps or cfg.num_inference_steps
@@ -424,8 +429,9 @@ class FastWAM(nn.Module):
         loop.prefill(prefix, ctx, mask)
         sync()
         t1 = time.perf_counter()
-        shape = (b * samples, cfg.action_horizon, cfg.action_dim)
-        actions = loop.sample(self._randn(shape, generator))
+        if noise is None:
+            noise = self._randn((b * samples, cfg.action_horizon, cfg.action_dim), generator)
+        actions = (sampler or ActionLoop.sample)(loop, noise.to(self.device))
         actions = actions.unflatten(0, (b, samples)).mean(1)  # [B, H, A]
         sync()
         t2 = time.perf_counter()

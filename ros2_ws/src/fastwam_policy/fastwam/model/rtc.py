@@ -29,7 +29,6 @@ with no guidance the chunk is the one plain sampling draws.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -202,7 +201,8 @@ def infer_guided(
     sync: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`FastWAM.infer` with RTC guidance: actions [1, H, A] (normalised, fp32, the mean of
-    ``samples`` guided draws) and timings_ms {"prefix", "action"}.
+    ``samples`` guided draws from ``noise`` [samples, H, A] or the generator) and timings_ms
+    {"prefix", "action"}.
 
     The prefix runs once, as plain sampling runs it (the static `ActionLoop`'s prefill, captured
     or compiled per ``model.compile_mode``); the guided steps call the loop's velocity eagerly
@@ -217,32 +217,16 @@ def infer_guided(
         raise ValueError(
             f"real-time chunking predicts one chunk at a time, got batch {first_latents.shape[0]}"
         )
-    steps = steps or cfg.num_inference_steps
-    scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if scale != 1.0 and uncond is None:
-        raise ValueError("cfg_scale != 1 needs the unconditional context")
-    sync = sync or (lambda: None)
-    ctx = cond if scale == 1.0 else Context.cat([cond, uncond])
-    prefix = first_latents.to(model.device, model.dtype)
-    if scale != 1.0:
-        prefix = torch.cat([prefix, prefix])
-    sync()
-    t0 = time.perf_counter()
-    loop = model.action_loop(prefix, ctx, steps, scale, 1, samples=samples)
-    loop.prefill(prefix, ctx)
-    sync()
-    t1 = time.perf_counter()
-    shape = (samples, cfg.action_horizon, cfg.action_dim)
-    if noise is None:
-        dev = generator.device if generator is not None else model.device
-        noise = torch.randn(shape, generator=generator, device=dev).to(model.device)
-    actions = sample_guided(loop.velocity, noise, loop.sigmas, target.float(), weights.float(), beta)
-    actions = actions.mean(0, keepdim=True).detach()
-    sync()
-    t2 = time.perf_counter()
-    return actions, {"prefix": (t1 - t0) * 1e3, "action": (t2 - t1) * 1e3}
+
+    def sample(loop, noise: torch.Tensor) -> torch.Tensor:
+        return sample_guided(
+            loop.velocity, noise, loop.sigmas, target.float(), weights.float(), beta
+        ).detach()
+
+    return model.infer(
+        first_latents, cond, uncond, steps=steps, cfg_scale=cfg_scale, generator=generator, sync=sync,
+        samples=samples, noise=noise, sampler=sample,
+    )  # fmt: skip
 
 
 def delay_steps(latencies_s: list[float], rate_hz: float, horizon: int) -> int:
