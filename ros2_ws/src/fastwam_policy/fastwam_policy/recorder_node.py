@@ -111,7 +111,9 @@ class RecorderNode(Node):
         flush_period_s = float(
             p("flush_period_s", 1.0, "seconds between flushes of the bag to disk: the most a crash can lose")
         )
-        fsync = bool(p("fsync", True, "fsync the bag at every flush: a power cut too loses at most flush_period_s"))
+        fsync = bool(
+            p("fsync", True, "fsync the bag at every flush: a power cut too loses at most flush_period_s")
+        )
         self.default_instruction = str(
             p("default_instruction", "", "instruction of an episode started with an empty one")
         )
