@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DTYPES = ("bfloat16", "float16", "float32")
+# torch intra-op threads for inference on CPU. One: on a machine whose cores are busy with other work
+# (a robot PC's drivers, the simulator rendering cameras, a recording, a build), torch's OpenMP threads
+# spin-wait on each other while the scheduler runs someone else on the core they wait for. Measured
+# with two busy-loop processes on a 2-core machine (benchmarks/inference_latency.py --preset sim
+# --threads N, two runs each): a chunk takes 516 / 668 ms median on 1 thread, 5350 / 12390 ms on 2.
+CPU_THREADS = 1
 
 
 @dataclass(frozen=True)

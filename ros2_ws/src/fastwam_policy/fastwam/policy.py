@@ -17,6 +17,7 @@ import torch
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.checkpoint import LoadedCheckpoint, load_checkpoint
 from fastwam.config import FastWAMConfig
+from fastwam.inference_device import CPU_THREADS
 from fastwam.model import rtc
 from fastwam.model.action_loop import check_compile_mode
 from fastwam.model.fastwam import Context
@@ -24,12 +25,6 @@ from fastwam.model.rtc import ChunkGuide
 from fastwam.robot import RobotSpec
 
 TIMING_KEYS = ("preprocess", "text_encode", "vae_encode", "prefix", "action", "total")
-# torch intra-op threads for inference on CPU. One: on a machine whose cores are busy with other work
-# (a robot PC's drivers, the simulator rendering cameras, a recording, a build), torch's OpenMP threads
-# spin-wait on each other while the scheduler runs someone else on the core they wait for. Measured
-# with two busy-loop processes on this 2-core machine (benchmarks/inference_latency.py --preset sim
-# --threads N, two runs each): a chunk takes 516 / 668 ms median on 1 thread, 5350 / 12390 ms on 2.
-CPU_THREADS = 1
 
 
 @dataclass
@@ -55,7 +50,7 @@ class FastWAMPolicy:
         ``"none"`` (static loop, eager), ``"cudagraph"`` (CUDA graphs on CUDA, eager replay on CPU)
         or ``"torch_compile"`` (inductor-fused Wan block, plus the CUDA graphs on CUDA; eager
         fallback). Both capturing modes also replay the VAE encode as a CUDA graph on CUDA.
-        ``cpu_threads``: torch's intra-op threads while predicting on CPU (see CPU_THREADS), set in
+        ``cpu_threads``: torch's intra-op threads while predicting on CPU (see fastwam.inference_device.CPU_THREADS), set in
         the thread that calls `predict` (OpenMP keeps the count per thread); None leaves torch's."""
         if cpu_threads is not None and (isinstance(cpu_threads, bool) or int(cpu_threads) < 1):
             raise ValueError(f"cpu_threads must be None or a positive integer, got {cpu_threads!r}")

@@ -74,7 +74,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fastwam import image_decoding
 from fastwam.execution import ChunkExecutor, JointLimits
-from fastwam.inference_device import resolve_inference_device
+from fastwam.inference_device import CPU_THREADS, resolve_inference_device
 from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
@@ -275,6 +275,12 @@ class FastWAMPolicyNode(Node):
             "How the cached prefix + action loop run: auto (torch_compile on cuda, none on cpu), none "
             "(eager), cudagraph (CUDA graphs), torch_compile (inductor-fused layers in CUDA graphs; "
             "compiles during the warm-up runs, falls back to eager if compilation fails)",
+        )
+        declare(
+            "cpu_threads",
+            CPU_THREADS,
+            "Torch intra-op threads for inference on CPU (0: torch's default, every core). One by "
+            "default: on a busy machine more threads spin-wait on each other (fastwam.inference_device.CPU_THREADS)",
         )
         declare("seed", 0, "Seed of the sampler's noise generator (flow matching starts from noise)")
         declare(
@@ -510,8 +516,15 @@ class FastWAMPolicyNode(Node):
         )
         device = run.device
         self.get_logger().info(f"loading {checkpoint} on {device} ({run.dtype}, compile {run.compile})")
+        threads = int(self.get_parameter("cpu_threads").value)
+        if threads < 0:
+            raise ValueError(f"parameter 'cpu_threads' must be >= 0, got {threads}")
         policy = FastWAMPolicy.from_pretrained(
-            checkpoint, device=device, dtype=getattr(torch, run.dtype), compile=run.compile
+            checkpoint,
+            device=device,
+            dtype=getattr(torch, run.dtype),
+            compile=run.compile,
+            cpu_threads=threads or None,
         )
         # Action dims map to joints through the checkpoint's robot spec, checked against the config.
         check_fits(policy.robot, policy.camera_layout, self.config.robot, self.config.cameras)

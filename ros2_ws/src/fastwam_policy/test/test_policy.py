@@ -8,8 +8,9 @@ import torch
 
 from fastwam.camera import CameraLayout, CameraView, composite_to_tensor
 from fastwam.checkpoint import create_random_checkpoint
+from fastwam.inference_device import CPU_THREADS
 from fastwam.normalize import FeatureStats, NormalizationStats
-from fastwam.policy import CPU_THREADS, TIMING_KEYS, FastWAMPolicy, PolicyOutput
+from fastwam.policy import TIMING_KEYS, FastWAMPolicy, PolicyOutput
 from fastwam.robot import JointGroup, RobotSpec
 
 # Head camera on top, two wrist cameras below (the R1 Lite arrangement, tiny): 64x64 composite.
@@ -158,7 +159,7 @@ def test_graph_capture_option_gives_the_eager_actions(paths, policy):
 
 
 def test_cpu_inference_sets_its_thread_count_in_the_predicting_thread(paths):
-    """One intra-op thread by default on CPU (fastwam.policy.CPU_THREADS: spin-waiting threads on a
+    """One intra-op thread by default on CPU (fastwam.inference_device.CPU_THREADS: spin-waiting threads on a
     busy machine), set in the thread that predicts, as the policy node's worker thread does; None
     leaves torch's count; a count below 1 is refused."""
     import threading
