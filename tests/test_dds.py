@@ -94,6 +94,7 @@ def test_service_call_and_message_cross_processes(node):
         stop_peer(peer)
 
 
+@pytest.mark.slow
 def test_three_camera_streams_at_30hz_cross_processes(node):
     """Three 480x640 rgb8 streams at 30 Hz reach another process with >= 95 % of frames.
 

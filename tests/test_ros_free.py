@@ -16,6 +16,8 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level modules that only exist where ROS does (the PyPI ROS wheels or a system install).
@@ -74,6 +76,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_core_and_training_install_with_pip_and_run_without_ros(tmp_path):
     target = tmp_path / "site"
     for source in (ROOT / "ros2_ws/src/fastwam_policy", ROOT / "ros2_ws/src/fastwam_sim", ROOT / "training"):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastwam.checkpoint import load_checkpoint
@@ -15,6 +16,7 @@ from fastwam_training.synthetic import make_v21_dataset
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
+@pytest.mark.slow
 def test_two_processes_stay_in_sync(tmp_path):
     dataset = make_v21_dataset(tmp_path / "ds", (10, 9, 8))
     cmd = [

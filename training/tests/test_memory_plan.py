@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fastwam_training import memory_plan
 
 
+@pytest.mark.slow
 def test_traced_activations_match_measured_rss_of_the_small_preset():
     rows = {r["checkpointing"]: r for r in memory_plan.check([4], repeats=3)}
     # Without checkpointing the forward's peak is the saved activations: measured 0.99 of traced.

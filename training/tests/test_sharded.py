@@ -47,6 +47,7 @@ def exported(path: Path) -> torch.Tensor:
     return flat(load_checkpoint(path).model)
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes_shard_match_single_process_resume_and_export(tmp_path):
     dataset = make_v21_dataset(tmp_path / "ds", (10, 9, 8, 8))
     base = experiment_dict(

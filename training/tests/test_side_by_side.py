@@ -59,6 +59,7 @@ def _run(dataset, tmp_path, name: str, steps: int, **sections) -> Run:
     return Run(name, command, tmp_path / f"{name}.log", out / "logs" / "metrics.jsonl", steps)
 
 
+@pytest.mark.slow
 def test_a_finished_run_hands_its_core_to_the_run_still_training(dataset, tmp_path):
     """Asserted on what the scheduler and the trainer record, not on when things happen: on a busy
     machine the short run may end before the long one logs a step, so no row is required before the
@@ -93,6 +94,7 @@ def test_a_finished_run_hands_its_core_to_the_run_still_training(dataset, tmp_pa
     assert "done: step 400" in long.log.read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_and_stops_the_others(dataset, tmp_path):
     long = _run(dataset, tmp_path, "long", 100_000)
     bad = _run(dataset, tmp_path, "bad", 5, data={"root": str(tmp_path / "missing")})

@@ -67,6 +67,7 @@ def test_an_idle_policy_never_succeeds_and_stops_at_the_timeout(sim):
         rollout(policy, env, 0, replan=33)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_rolls_out_in_worker_processes(tmp_path, capsys):
     from fastwam.checkpoint import create_random_checkpoint
 

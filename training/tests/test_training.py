@@ -49,6 +49,7 @@ def _mean_action_loss(trainer: Trainer, batches: int = 4) -> float:
     return total / batches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fast_wam", "joint", "idm", "no_cotrain"])
 def test_overfit_cuts_action_loss(dataset, tmp_path, variant):
     config = _config(
@@ -174,6 +175,7 @@ def test_config_overrides_and_strictness(dataset, tmp_path):
     assert data == {"a": {"b": {"c": [1, 2]}}}
 
 
+@pytest.mark.slow
 def test_cli_trains_and_resumes(dataset, tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(

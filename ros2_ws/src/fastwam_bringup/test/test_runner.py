@@ -22,6 +22,7 @@ def _received(out: str) -> dict[str, int]:
     return {p.split()[0]: int(p.split()[1]) for p in pairs}
 
 
+@pytest.mark.slow
 def test_scripted_teleop_commands_flow_through_the_composed_nodes(capsys):
     code = run(
         parse_args(["--robot-config", str(CONFIG), "--scripted-teleop", "--duration", "4", "--seed", "1"])
@@ -34,6 +35,7 @@ def test_scripted_teleop_commands_flow_through_the_composed_nodes(capsys):
     assert "episode 0 seed 1: no success" in out  # stopped at 4 s, before the fold is done
 
 
+@pytest.mark.slow
 def test_policy_node_predicts_from_the_simulated_robot(capsys):
     """Sim cameras/joints reach the policy node and it predicts. Whether its chunks become commands
     depends on inference outrunning a chunk (2.1 s at 15 Hz): not asserted, machines differ."""
@@ -46,6 +48,7 @@ def test_policy_node_predicts_from_the_simulated_robot(capsys):
     assert "commands received by the robot:" in out
 
 
+@pytest.mark.slow
 def test_scripted_episode_is_recorded_and_labelled(tmp_path, capsys):
     code = run(
         parse_args(

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.ros
 CONFIG = Path(__file__).resolve().parents[2] / "fastwam_policy" / "config" / "r1_lite.yaml"
 
 
+@pytest.mark.slow
 def test_runner_drives_the_simulated_robot_with_rtc(capsys):
     argv = ["--robot-config", str(CONFIG), "--checkpoint", "random", "--duration", "20", "--seed", "3"]
     code = run(parse_args([*argv, "--execution", "rtc"]))

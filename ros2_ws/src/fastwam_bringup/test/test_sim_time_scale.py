@@ -36,6 +36,7 @@ def _record(out: Path, time_scale: float):
     return results[0], aligned, wall
 
 
+@pytest.mark.slow
 def test_time_scale_3_records_what_real_time_records(tmp_path):
     """At 3x: every camera frame on the 15 Hz grid of simulated time (none missing or late), the
     frames of a real-time recording (~163 for a ~10.9 s episode: 1x gives 162-163), and at each

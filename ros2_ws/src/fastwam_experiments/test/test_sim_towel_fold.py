@@ -86,6 +86,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_reduced_pipeline_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     robot, train = _configs(tmp_path, failing_seed_0=True)
     out = tmp_path / "experiment"
@@ -256,6 +257,7 @@ def busy_cores(seconds: float, count: int = 2):
             process.wait()
 
 
+@pytest.mark.slow
 def test_demos_recorded_on_a_busy_machine_convert(tmp_path):
     """Two scripted demos recorded at the experiment's 3x with both cores busy, then converted:
     every demo converts (the issue's busy run died here on commands that began late), trimmed only
@@ -289,6 +291,7 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_the_follower_stops_when_the_experiment_process_is_killed(tmp_path):
     """A SIGKILLed experiment (no atexit, so daemon=True does nothing) does not leave its recording
     follower converting into a directory that the next run deletes and rewrites."""

@@ -118,6 +118,7 @@ def test_capture_modes_give_the_same_actions_as_the_static_eager_loop(device):
     assert diff <= TOL, f"cudagraph vs none max abs diff {diff:.3e}"
 
 
+@pytest.mark.slow  # inductor compiles C++
 @pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
 def test_torch_compile_mode_equals_the_eager_path(device):
@@ -256,6 +257,7 @@ def test_idm_actions_through_the_loop_equal_the_eager_path(device, samples):
     assert diff <= TOL, f"idm optimized vs eager max abs diff {diff:.3e}"
 
 
+@pytest.mark.slow  # a second model built and looped: 2 s idle, 10-13 s on a busy 2-core machine
 @torch.no_grad()
 def test_blocks_without_a_cross_attention_norm_run_through_the_loop():
     """``cross_attn_norm=False`` makes diffusers' norm2 an Identity: the functional block skips it."""

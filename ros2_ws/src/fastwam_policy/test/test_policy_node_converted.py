@@ -64,6 +64,7 @@ def _robot_config(tmp: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_converted_authors_checkpoint_runs_through_the_policy_node(tmp_path):
     config_path = _robot_config(tmp_path)
     config = load_robot_config(config_path)

@@ -94,6 +94,7 @@ def test_checkpoint_for_other_joints_is_refused_at_start(base):
     _expect_error(base, "does not match", Path(checkpoint))
 
 
+@pytest.mark.slow
 def test_checkpoint_for_other_cameras_is_refused_at_start(base):
     tmp, _, _, config, robot, _ = base
     checkpoint = create_random_checkpoint(
@@ -106,6 +107,7 @@ def test_checkpoint_for_other_cameras_is_refused_at_start(base):
     _expect_error(base, "camera layout", Path(checkpoint))
 
 
+@pytest.mark.slow
 def test_rtc_with_a_variant_without_cached_prefix_is_refused_at_start(base):
     tmp, _, _, config, robot, _ = base
     checkpoint = create_random_checkpoint(
@@ -133,6 +135,7 @@ def test_missing_checkpoint_is_an_error_status(base):
     _expect_error(base, "start-up failed", tmp / "does_not_exist")
 
 
+@pytest.mark.slow
 def test_model_producing_nan_holds_then_errors_without_commanding(base):
     tmp, checkpoint, config_path, config, robot, domain = base
     # A copy of the checkpoint whose action output head yields NaN.

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("rclpy")
 from fastwam_msgs.msg import PolicyStatus
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.slow]  # the node process the module's tests share
 
 _spec = importlib.util.spec_from_file_location(
     "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")

@@ -18,6 +18,9 @@ from fastwam.robot_config_match import fitting_config_hint, matching_robot_confi
 CONFIGS = Path(__file__).resolve().parents[1] / "config"
 SIM, ROBOT = CONFIGS / "r1_lite_sim.yaml", CONFIGS / "r1_lite.yaml"
 
+# Every test shares a checkpoint that the command writes in its own process (~7 s).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sim_checkpoint(tmp_path_factory) -> Path:

@@ -167,6 +167,7 @@ def check_contents(bag: dict[str, list], published: dict[str, int], config) -> N
                 np.testing.assert_allclose(m.position, joint_value(i, t, len(m.position)), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_every_message_recorded_and_converted(tmp_path, client):
     recorder, executor, statuses = client
     config = load_robot_config(CONFIG)
@@ -245,6 +246,7 @@ def test_every_message_recorded_and_converted(tmp_path, client):
     np.testing.assert_allclose(data.columns["action"], expected_action, atol=2e-5)  # float32 storage
 
 
+@pytest.mark.slow
 def test_sigkill_keeps_earlier_episodes_and_recovers_the_partial_one(tmp_path, client):
     recorder, executor, _ = client
     process = start_recorder(tmp_path / "episodes")
@@ -341,6 +343,7 @@ def test_an_empty_episode_is_discarded_with_a_warning(tmp_path, client):
     assert "WARN" in log and "recorded no message" in log, log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_episode_closes_the_bag_in_bounded_time(tmp_path, client, sig):
     """While messages stream in: the process exits within shutdown_timeout_s (3 s here) plus the

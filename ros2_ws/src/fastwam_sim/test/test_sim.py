@@ -108,6 +108,7 @@ def test_idle_robot_never_succeeds(env):
         assert env.progress == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_random_joint_space_motion_never_succeeds(env, config):
     spec = config.robot
     lower, upper = spec.action_lower, spec.action_upper
@@ -167,6 +168,7 @@ def test_start_poses_are_seeded_and_varied(env):
     assert np.all(poses.std(axis=0) > [0.015, 0.02, 0.1])
 
 
+@pytest.mark.slow
 def test_scripted_demos_write_a_lerobot_dataset_the_reader_loads(tmp_path, config):
     from fastwam.data.lerobot import LeRobotDataset
     from fastwam_sim.demos import CAMERA_FEATURE, scripted_demo, write_dataset

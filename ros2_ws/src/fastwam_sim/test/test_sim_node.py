@@ -115,6 +115,7 @@ def test_publishes_robot_topics_and_follows_motion_target_commands(ros):
     assert not node.env.success
 
 
+@pytest.mark.slow
 def test_scripted_teleop_folds_the_towel_and_reports_success(ros):
     context, executor, add = ros
     config = load_robot_config(CONFIG)
@@ -140,6 +141,7 @@ def test_scripted_teleop_folds_the_towel_and_reports_success(ros):
     assert any(e["succeeded"] for e in episodes)
 
 
+@pytest.mark.slow
 def test_the_sim_waits_for_a_recorder_that_comes_up_late_and_gives_up_clearly(ros, tmp_path, capfd):
     """The recorder starts 3 s after the simulated robot asked for it (more than the 2 s the node
     once waited): the episode is recorded from the operator's start pose on. With no recorder at
