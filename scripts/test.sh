@@ -6,8 +6,9 @@
 #   The same lint, then every test not marked `slow`. Slow is what takes more than ~3 s on 2 cores:
 #   a ROS node or a training run started in its own process, the experiment pipeline, a pip install.
 #   Every test module is still collected (imported) and every module of the code keeps cheap tests
-#   (the nodes: in-process parameter, refusal and topic tests). About 2 minutes on a 2-core machine
-#   under load 6-9, a third of the suite's time; run the whole suite (no arguments) before merging.
+#   (the nodes: in-process parameter, refusal and topic tests). On a shared 2-core machine pytest
+#   took 74 s at load 5 and 114 s at load 6-9 (the whole suite: 8-10 min); run the whole suite (no
+#   arguments) before merging.
 #   Mark a test with @pytest.mark.slow, or a whole module (`pytestmark = [..., pytest.mark.slow]`)
 #   when its cost is a module fixture (a node process) that every test of it shares.
 set -euo pipefail
