@@ -29,6 +29,7 @@ ROSDEP = {
     "builtin_interfaces": "builtin_interfaces",
     "std_msgs": "std_msgs",
     "std_srvs": "std_srvs",
+    "rosgraph_msgs": "rosgraph_msgs",
     "sensor_msgs": "sensor_msgs",
     "trajectory_msgs": "trajectory_msgs",
     "geometry_msgs": "geometry_msgs",

@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sim_robot_node = fastwam_sim.nodes.sim_robot:main",
+            "scripted_teleop_node = fastwam_sim.nodes.scripted_teleop:main",
         ],
     },
 )

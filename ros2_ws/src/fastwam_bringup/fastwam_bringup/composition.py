@@ -31,6 +31,7 @@ class Monitor:
     """Counts the commands on the robot's command topics and collects the policy's chunks."""
 
     def __init__(self, node, config) -> None:
+        self.node = node
         self.commands = dict.fromkeys(config.robot.action_groups, 0)
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
         for group in config.robot.action_groups:
@@ -136,14 +137,11 @@ def add_sim(
     robot_config: str,
     *,
     seed: int,
-    scripted: bool,
-    episodes: int = 1,
-    recorder: str = "",
-    instruction: str = "fold the towel",
     image_size: tuple[int, int] = SIM_IMAGE_SIZE,
     episode_timeout_s: float = 0.0,
     time_scale: float = 1.0,
 ):
+    """The simulated robot (fastwam_sim.nodes.sim_robot): hardware only, no operator."""
     from fastwam_sim.nodes.sim_robot import SimRobotNode
 
     return comp.add(
@@ -152,14 +150,37 @@ def add_sim(
             parameter_overrides=[
                 Parameter("robot_config", value=str(robot_config)),
                 Parameter("seed", value=int(seed)),
-                Parameter("scripted_teleop", value=scripted),
-                Parameter("episodes", value=int(episodes)),
-                Parameter("recorder", value=recorder),
-                Parameter("instruction", value=instruction),
                 Parameter("episode_timeout_s", value=float(episode_timeout_s)),
                 Parameter("image_height", value=int(image_size[0])),
                 Parameter("image_width", value=int(image_size[1])),
                 Parameter("time_scale", value=float(time_scale)),
+            ],
+        )
+    )
+
+
+def add_scripted_teleop(
+    comp: Composition,
+    robot_config: str,
+    *,
+    seed: int,
+    episodes: int = 1,
+    recorder: str = "",
+    instruction: str = "fold the towel",
+):
+    """The scripted operator (fastwam_sim.nodes.scripted_teleop) of the simulated robot, recording
+    through `recorder` when set."""
+    from fastwam_sim.nodes.scripted_teleop import ScriptedTeleopNode
+
+    return comp.add(
+        ScriptedTeleopNode(
+            context=comp.context,
+            parameter_overrides=[
+                Parameter("robot_config", value=str(robot_config)),
+                Parameter("seed", value=int(seed)),
+                Parameter("episodes", value=int(episodes)),
+                Parameter("recorder", value=recorder),
+                Parameter("instruction", value=instruction),
             ],
         )
     )

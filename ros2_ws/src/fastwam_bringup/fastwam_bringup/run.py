@@ -37,10 +37,12 @@ from fastwam_bringup.composition import (
     add_monitor,
     add_policy,
     add_recorder,
+    add_scripted_teleop,
     add_sim,
     private_ros_domain,
     wait_for_policy,
 )
+from fastwam_policy.recorder_client import RecorderClient
 from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
 
 RANDOM_CHECKPOINT = "random"
@@ -179,8 +181,8 @@ class RunTotals:
     commands_rejected: int = 0
     commands_on_topics: int = 0
 
-    def add(self, sim, monitor: Monitor) -> None:
-        self.results.extend(sim.results)
+    def add(self, sim, monitor: Monitor, results: list) -> None:
+        self.results.extend(results)
         self.chunk_latencies_ms.extend(monitor.chunks)
         self.chunks_predicted += monitor.chunks_predicted
         self.policy_state = monitor.policy_state or self.policy_state
@@ -246,14 +248,26 @@ def _run_composition(
             comp,
             args.robot_config,
             seed=seed,
-            scripted=args.scripted_teleop,
-            episodes=episodes,
-            recorder="/recorder" if recorder is not None else "",
-            instruction=args.instruction,
             image_size=args.image_size,
             time_scale=args.time_scale,
             episode_timeout_s=0.0 if args.scripted_teleop else args.episode_timeout,
         )
+        # Who operates the robot and the recorder: the scripted teleoperator, or (a policy run) this
+        # runner, which records the policy's episode as the keyboard helper would.
+        operator = None
+        if args.scripted_teleop:
+            operator = add_scripted_teleop(
+                comp,
+                args.robot_config,
+                seed=seed,
+                episodes=episodes,
+                recorder="/recorder" if recorder is not None else "",
+                instruction=args.instruction,
+            )
+        else:
+            operator = (
+                PolicyEpisodeRecording(monitor.node, args.instruction) if recorder is not None else None
+            )
         if args.scripted_teleop:
             mode = f"scripted teleop, {episodes} episode(s)"
         else:
@@ -274,17 +288,47 @@ def _run_composition(
                     + (f" policy {monitor.policy_state}" if monitor.policy_state else ""),
                     flush=True,
                 )
-            if sim.finished:
+            if args.scripted_teleop and operator.finished:
                 break
-            if checkpoint is not None and sim.first_success_s is not None:
-                break  # policy-driven: the episode ends at success
+            if checkpoint is not None and (sim.finished or sim.first_success_s is not None):
+                break  # policy-driven: the episode ends at success or its timeout
             if deadline is not None and now >= deadline:
                 break
-        if not sim.finished:  # close the running episode so it is scored (and recorded)
+        # Close the running episode so it is scored (and recorded, labelled).
+        if args.scripted_teleop:
+            operator.end_episode()
+        else:
             sim.end_episode()
+            if operator is not None:
+                operator.stop(sim.results[-1])
         # Let the recorder answer the stop (save + label).
-        comp.spin_until(lambda: recorder is None or not sim.recording_episode, 5.0)
-        totals.add(sim, monitor)
+        comp.spin_until(lambda: operator is None or not operator.recording_episode, 5.0)
+        totals.add(sim, monitor, operator.results if args.scripted_teleop else sim.results)
+
+
+class PolicyEpisodeRecording:
+    """A policy run's episode recorded through the recorder's services (the one recorder client),
+    started now and stopped with the simulated robot's success label."""
+
+    def __init__(self, node, instruction: str) -> None:
+        self.recording_episode = ""
+        self.client = RecorderClient(node, "/recorder", wait_s=60.0)
+        self.client.start(instruction, self._on_started)
+
+    def _on_started(self, response) -> None:
+        if response is not None and response.success:
+            self.recording_episode = response.episode
+
+    def stop(self, result) -> None:
+        if not self.recording_episode:
+            return
+
+        def stopped(response) -> None:
+            if response is not None and response.success:
+                result.recorded = response.episode
+            self.recording_episode = ""
+
+        self.client.stop(True, result.success, stopped)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

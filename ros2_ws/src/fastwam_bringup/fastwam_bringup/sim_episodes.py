@@ -18,6 +18,7 @@ from fastwam_bringup.composition import (
     add_monitor,
     add_policy,
     add_recorder,
+    add_scripted_teleop,
     add_sim,
     wait_for_policy,
 )
@@ -52,34 +53,32 @@ def record_scripted_episodes(
     timeout_s = episodes * (3.0 * folder.duration / time_scale + 20.0) + 30.0
     with Composition(quiet=quiet) as comp:
         add_recorder(comp, str(robot_config), output_dir, instruction)
-        sim = add_sim(
+        add_sim(comp, str(robot_config), seed=seed, image_size=image_size, time_scale=time_scale)
+        teleop = add_scripted_teleop(
             comp,
             str(robot_config),
             seed=seed,
-            scripted=True,
             episodes=episodes,
             recorder="/recorder",
             instruction=instruction,
-            image_size=image_size,
-            time_scale=time_scale,
         )
         reported = 0
 
         def finished() -> bool:
             nonlocal reported
-            while on_episode is not None and reported < len(sim.results):
-                on_episode(sim.results[reported])
+            while on_episode is not None and reported < len(teleop.results):
+                on_episode(teleop.results[reported])
                 reported += 1
-            return sim.finished
+            return teleop.finished
 
         if not comp.spin_until(finished, timeout_s):
             raise RuntimeError(
                 f"scripted recording into {output_dir} did not finish in {timeout_s:.0f} s: "
-                f"{len(sim.results)}/{episodes} episodes done"
+                f"{len(teleop.results)}/{episodes} episodes done"
             )
         # The recorder answers the last stop (save + success label) after the episode ended.
-        comp.spin_until(lambda: not sim.recording_episode, 15.0)
-        return list(sim.results)
+        comp.spin_until(lambda: not teleop.recording_episode, 15.0)
+        return list(teleop.results)
 
 
 @dataclass
@@ -132,15 +131,7 @@ def run_policy_episode(
                             motion_enabled=True, device=device, dtype=dtype, sampler_seed=seed,
                             execution=execution)  # fmt: skip
         wait_for_policy(comp, monitor, checkpoint, startup_timeout_s)
-        sim = add_sim(
-            comp,
-            str(robot_config),
-            seed=seed,
-            scripted=False,
-            instruction=instruction,
-            image_size=image_size,
-            episode_timeout_s=timeout_s,
-        )
+        sim = add_sim(comp, str(robot_config), seed=seed, image_size=image_size, episode_timeout_s=timeout_s)
         # Counted from the episode's start (nothing can have been commanded before: no inputs).
         monitor.chunks.clear()
         monitor.commands = dict.fromkeys(monitor.commands, 0)

@@ -87,9 +87,20 @@ def launch_setup(context, *args, **kwargs):
                 name="sim_robot",
                 output="screen",
                 parameters=[
+                    {"robot_config": config_path, "seed": int(context.launch_configurations["seed"])}
+                ],
+            )
+        )
+        # The operator: the scripted teleoperator, recording each episode through the recorder.
+        actions += required(
+            Node(
+                package="fastwam_sim",
+                executable="scripted_teleop_node",
+                name="scripted_teleop",
+                output="screen",
+                parameters=[
                     {
                         "robot_config": config_path,
-                        "scripted_teleop": True,
                         "episodes": int(context.launch_configurations["episodes"]),
                         "seed": int(context.launch_configurations["seed"]),
                         "recorder": "/recorder",

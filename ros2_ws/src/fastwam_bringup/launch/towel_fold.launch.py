@@ -97,11 +97,7 @@ def launch_setup(context, *args, **kwargs):
                 name="sim_robot",
                 output="screen",
                 parameters=[
-                    {
-                        "robot_config": config_path,
-                        "seed": int(context.launch_configurations["seed"]),
-                        "instruction": instruction,
-                    }
+                    {"robot_config": config_path, "seed": int(context.launch_configurations["seed"])}
                 ],
             )
         )

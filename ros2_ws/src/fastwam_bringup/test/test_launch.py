@@ -29,6 +29,11 @@ NODE_SOURCES = {
         for exe in ("policy_node", "recorder_node", "teleop_keys")
     },
     ("fastwam_sim", "sim_robot_node"): SRC / "fastwam_sim" / "fastwam_sim" / "nodes" / "sim_robot.py",
+    ("fastwam_sim", "scripted_teleop_node"): SRC
+    / "fastwam_sim"
+    / "fastwam_sim"
+    / "nodes"
+    / "scripted_teleop.py",
 }
 
 

@@ -7,7 +7,8 @@
     h  help                                   q  quit
 
 Keys are read in terminal cbreak mode; the key logic (`KeyCommands`) and the service calls
-(`RecorderClient`) are separate from the terminal so both are tested without one.
+(`fastwam_policy.recorder_client.RecorderClient`, the one recorder client, which the scripted
+teleoperator uses too) are separate from the terminal so both are tested without one.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import tty
 from dataclasses import dataclass
 
 import rclpy
-from rclpy.executors import Executor
-from rclpy.node import Node
+from rcl_interfaces.msg import ParameterDescriptor
 
 from fastwam_msgs.msg import RecorderStatus
-from fastwam_msgs.srv import StartEpisode, StopEpisode
+from fastwam_policy.recorder_client import RecorderClient
 
 HELP = __doc__.split("\n\n")[1]
 
@@ -72,46 +72,6 @@ class KeyCommands:
         if text:
             self.instruction = text
         return bool(text)
-
-
-class RecorderClient:
-    """Calls the recorder's services from a node (no terminal involved)."""
-
-    def __init__(self, node: Node, recorder: str = "/recorder", executor: Executor | None = None) -> None:
-        self.node = node
-        self.executor = executor  # None: rclpy's global executor (default context)
-        self.start_client = node.create_client(StartEpisode, f"{recorder}/start_episode")
-        self.stop_client = node.create_client(StopEpisode, f"{recorder}/stop_episode")
-        self.status: RecorderStatus | None = None
-        node.create_subscription(RecorderStatus, f"{recorder}/status", self._on_status, 10)
-
-    def _on_status(self, msg: RecorderStatus) -> None:
-        self.status = msg
-
-    def execute(self, command: Command, timeout_s: float = 30.0) -> tuple[bool, str]:
-        if command.kind == "start":
-            if not command.instruction:
-                return False, "no instruction set: press i first"
-            return self._call(
-                self.start_client, StartEpisode.Request(instruction=command.instruction), timeout_s
-            )
-        if command.kind == "stop":
-            request = StopEpisode.Request(save=command.save, task_success=command.task_success)
-            return self._call(self.stop_client, request, timeout_s)
-        raise ValueError(f"command {command.kind!r} is not a recorder call")
-
-    def _call(self, client, request, timeout_s: float) -> tuple[bool, str]:
-        if not client.wait_for_service(timeout_sec=min(timeout_s, 5.0)):
-            return False, f"service {client.srv_name} is not available (is the recorder running?)"
-        future = client.call_async(request)
-        if self.executor is not None:
-            self.executor.spin_until_future_complete(future, timeout_sec=timeout_s)
-        else:
-            rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout_s)
-        if not future.done():
-            return False, f"{client.srv_name} did not answer within {timeout_s} s"
-        response = future.result()
-        return bool(response.success), response.message
 
 
 def run_terminal(client: RecorderClient, keys: KeyCommands) -> None:
@@ -173,8 +133,20 @@ def _status_line(status: RecorderStatus | None) -> str:
 def main(args=None) -> None:
     rclpy.init(args=args)
     node = rclpy.create_node("teleop_keys")
-    instruction = node.declare_parameter("instruction", "").value
-    recorder = node.declare_parameter("recorder", "/recorder").value
+    instruction = node.declare_parameter(
+        "instruction",
+        "",
+        ParameterDescriptor(
+            description="instruction of the episodes started with s (i changes it)", read_only=True
+        ),
+    ).value
+    recorder = node.declare_parameter(
+        "recorder",
+        "/recorder",
+        ParameterDescriptor(
+            description="name of the recorder node whose services are called", read_only=True
+        ),
+    ).value
     client = RecorderClient(node, recorder)
     try:
         if not sys.stdin.isatty():

@@ -20,6 +20,7 @@ from std_msgs.msg import String  # noqa: E402
 from fastwam.image_decoding import decode  # noqa: E402
 from fastwam.robot_config import load_robot_config  # noqa: E402
 from fastwam.shipped_configs import shipped_config  # noqa: E402
+from fastwam_sim.nodes.scripted_teleop import ScriptedTeleopNode  # noqa: E402
 from fastwam_sim.nodes.sim_robot import SimRobotNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -56,6 +57,12 @@ def sim(context, **params) -> SimRobotNode:
     overrides = [Parameter("robot_config", value=str(CONFIG))]
     overrides += [Parameter(k, value=v) for k, v in params.items()]
     return SimRobotNode(context=context, parameter_overrides=overrides)
+
+
+def teleop(context, **params) -> ScriptedTeleopNode:
+    overrides = [Parameter("robot_config", value=str(CONFIG))]
+    overrides += [Parameter(k, value=v) for k, v in params.items()]
+    return ScriptedTeleopNode(context=context, parameter_overrides=overrides)
 
 
 def test_publishes_robot_topics_and_follows_motion_target_commands(ros):
@@ -119,7 +126,8 @@ def test_publishes_robot_topics_and_follows_motion_target_commands(ros):
 def test_scripted_teleop_folds_the_towel_and_reports_success(ros):
     context, executor, add = ros
     config = load_robot_config(CONFIG)
-    node = add(sim(context, seed=5, scripted_teleop=True, teleop_start_delay_s=0.2, episodes=1))
+    add(sim(context, seed=5))
+    node = add(teleop(context, seed=5, start_delay_s=0.2, episodes=1))
     probe = add(rclpy.create_node("probe", context=context))
     commands = dict.fromkeys(config.robot.action_groups, 0)
     episodes = []
@@ -150,9 +158,11 @@ def test_the_sim_waits_for_a_recorder_that_comes_up_late_and_gives_up_clearly(ro
     from fastwam_policy.recorder_node import RecorderNode
 
     context, executor, add = ros
-    node = add(sim(context, seed=5, scripted_teleop=True, episodes=1, recorder="/recorder", time_scale=3.0))
+    robot = add(sim(context, seed=5, time_scale=3.0))
+    node = add(teleop(context, seed=5, episodes=1, recorder="/recorder"))
     spin_until(executor, lambda: False, 3.0)
-    assert not node.recording_episode and node.env.time > 0.0  # running, the operator holding
+    assert not node.recording_episode and robot.env.time > 0.0  # running, the operator holding
+    assert node.phase == "starting"
     add(
         RecorderNode(
             context=context,
@@ -177,18 +187,22 @@ def test_the_sim_waits_for_a_recorder_that_comes_up_late_and_gives_up_clearly(ro
     start = config.robot.split(node._folder.action(0.0), config.robot.action_groups)["arm_left"]
     np.testing.assert_allclose(first, start, atol=1e-9)
 
-    alone = add(
-        sim(
-            context,
-            seed=6,
-            scripted_teleop=True,
-            episodes=1,
-            recorder="/nobody",
-            recorder_wait_s=1.0,
-            time_scale=3.0,
-        )
-    )
+    alone = add(teleop(context, seed=6, episodes=1, recorder="/nobody", recorder_wait_s=1.0))
     spin_until(executor, lambda: alone.finished, 60.0)
     [result] = alone.results
     assert result.success and not result.recorded
     assert "recorder service /nobody/start_episode did not come up within 1 s" in capfd.readouterr().err
+
+
+def test_every_parameter_of_both_nodes_is_described_and_read_only(ros):
+    """What `ros2 param describe` shows for the simulated robot and its scripted operator (the
+    parameters rclpy declares itself, use_sim_time and the type description service, aside)."""
+    context, _executor, add = ros
+    nodes = [add(sim(context, seed=1)), add(teleop(context, seed=1))]
+    builtin = {"use_sim_time", "start_type_description_service"}
+    for node in nodes:
+        names = [n for n in node._parameters if n not in builtin]
+        assert len(names) >= 7, (node.get_name(), names)
+        for name, descriptor in zip(names, node.describe_parameters(names)):
+            assert descriptor.description, f"{node.get_name()}: parameter {name} has no description"
+            assert descriptor.read_only, f"{node.get_name()}: parameter {name} is not read-only"

@@ -16,15 +16,15 @@ Scoring: ~/task_success (std_msgs/Bool: the towel is folded now), ~/progress (st
 0 flat .. 1 folded) and ~/episode (std_msgs/String, JSON: seed, towel pose, time, success) at 2 Hz
 and on every change.
 
-Scripted teleoperation (parameter scripted_teleop): a scripted operator (fastwam_sim.ScriptedFolder)
-publishes the fold on the /motion_target topics like a human with a teleop rig (RELIABLE), so a
-recorder records its commands as actions. With `recorder` set (e.g. /recorder), each episode is
-recorded through that recorder's ~/start_episode and ~/stop_episode services and labelled with
-the success check; `episodes` episodes are run with seeds seed, seed + 1, ... The node waits for
-the recorder's services as long as the recorder takes to come up, at most `recorder_wait_s` (then
-an error names the service and the episode runs unrecorded), without blocking its executor; the
-scripted operator holds the start pose until the recorder has started the episode, so a recording
-never misses the beginning of a fold.
+Episodes: the node starts one with towel seed `seed`. `~/reset_episode` (fastwam_msgs/ResetEpisode)
+starts a new one with the seed asked for, as a person resetting the scene would; `end_episode()`
+(or `episode_timeout_s` of simulated time, for policy-driven episodes) scores the running episode
+into `results` and holds the robot until the next reset.
+
+Simulated hardware only, as ros2_control's demos keep it: no operator or controller lives here.
+The scripted operator is its own node (fastwam_sim.nodes.scripted_teleop) that commands
+/motion_target like a human with a teleop rig and follows this node's clock on /clock
+(rosgraph_msgs/Clock, every physics step: the clock of every stamp published here).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -42,87 +41,58 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import Bool, Float32, String
 
 from fastwam.robot_config import load_robot_config
 from fastwam.shipped_configs import default_robot_config
-from fastwam_msgs.srv import StartEpisode, StopEpisode
+from fastwam_msgs.srv import ResetEpisode
 from fastwam_policy.spin import spin_until_shutdown
-from fastwam_sim import ScriptedFolder, SimParams, TowelFoldEnv
+from fastwam_sim import SimParams, TowelFoldEnv
+from fastwam_sim.episode_result import EpisodeResult
 
 # Commands are accepted from RELIABLE and BEST_EFFORT publishers alike.
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
-TELEOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 JPEG_FORMAT = "rgb8; jpeg compressed bgr8"  # what image_transport's compressed plugin writes
-
-
-@dataclass
-class EpisodeResult:
-    index: int
-    seed: int
-    success: bool  # reached the folded state at any time during the episode
-    progress: float  # at the end
-    duration_s: float
-    recorded: str = ""  # episode name returned by the recorder, if any
-    first_success_s: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class SimRobotNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_robot", **kwargs)
-        p = self.declare_parameter
-        config_path = str(p("robot_config", default_robot_config()).value)
-        self.seed = int(p("seed", 0).value)
-        camera_rate_hz = float(p("camera_rate_hz", 15.0).value)
-        joint_rate_hz = float(p("joint_rate_hz", 50.0).value)
-        physics_rate_hz = float(p("physics_rate_hz", 60.0).value)
-        self.jpeg_quality = int(p("jpeg_quality", 90).value)
-        self.scripted = bool(p("scripted_teleop", False).value)
-        self.start_delay_s = float(p("teleop_start_delay_s", 1.0).value)
-        self.episodes = int(p("episodes", 1).value)  # scripted episodes to run; 0: keep going
-        self.episode_timeout_s = float(p("episode_timeout_s", 0.0).value)  # policy-driven; 0: none
-        self.recorder_name = str(p("recorder", "").value)
-        self.recorder_wait_s = float(
-            p(
-                "recorder_wait_s",
-                60.0,
-                ParameterDescriptor(
-                    description="how long to wait for the recorder's services before running an episode "
-                    "unrecorded (s)"
-                ),
-            ).value
+        p = self._declare
+        config_path = str(
+            p("robot_config", default_robot_config(), "robot config YAML: joint groups, topics, cameras")
         )
-        self.instruction = str(p("instruction", "fold the towel").value)
+        self.seed = int(p("seed", 0, "towel start pose seed of the first episode"))
+        camera_rate_hz = float(p("camera_rate_hz", 15.0, "camera frame rate (Hz, simulated time)"))
+        joint_rate_hz = float(p("joint_rate_hz", 50.0, "joint feedback rate (Hz, simulated time)"))
+        physics_rate_hz = float(p("physics_rate_hz", 60.0, "physics steps per second (simulated time)"))
+        self.jpeg_quality = int(p("jpeg_quality", 90, "JPEG quality of the camera images (1-100)"))
+        self.episode_timeout_s = float(
+            p(
+                "episode_timeout_s",
+                0.0,
+                "simulated seconds after which an episode ends and is scored (policy-driven episodes); 0: never",
+            )
+        )
         # Rendered size of every camera (the real R1 Lite streams 480x640). Smaller renders cut
         # rendering, JPEG and decoding costs where the policy's layout is small anyway.
-        image_height = int(
-            p("image_height", 480, ParameterDescriptor(description="camera image height (px)")).value
-        )
-        image_width = int(
-            p("image_width", 640, ParameterDescriptor(description="camera image width (px)")).value
-        )
+        image_height = int(p("image_height", 480, "camera image height (px)"))
+        image_width = int(p("image_width", 640, "camera image width (px)"))
         self.time_scale = float(
             p(
                 "time_scale",
                 1.0,
-                ParameterDescriptor(
-                    description="simulated seconds per wall second (scripted teleop only; policies run at 1)"
-                ),
-            ).value
+                "simulated seconds per wall second; above 1 only for operators that follow /clock (the "
+                "scripted teleop): a policy's inference latency is wall-clock time",
+            )
         )
         if not config_path:
             raise ValueError("parameter robot_config is empty: give a robot config YAML")
         if not self.time_scale > 0:
             raise ValueError(f"parameter time_scale must be positive, got {self.time_scale}")
-        if self.time_scale != 1.0 and not self.scripted:
-            # A policy's inference latency is wall-clock time: run faster and it looks slower.
-            raise ValueError(
-                f"parameter time_scale={self.time_scale:g} needs scripted_teleop: policy-driven episodes "
-                "run in real time (inference latency is wall-clock time)"
-            )
         for name, value in (
             ("camera_rate_hz", camera_rate_hz),
             ("joint_rate_hz", joint_rate_hz),
@@ -138,7 +108,9 @@ class SimRobotNode(Node):
             self.config.cameras.keys,
             SimParams(image_height=image_height, image_width=image_width),
         )
-        self.lock = threading.Lock()  # the environment; callbacks run on several executor threads
+        # The environment: under a multi-threaded executor (a component container) the camera and
+        # joint callbacks, each in its own callback group, run beside physics and commands.
+        self.lock = threading.Lock()
         topics = self.config.topics
 
         self.camera_pubs = {
@@ -160,27 +132,14 @@ class SimRobotNode(Node):
         self.success_pub = self.create_publisher(Bool, "~/task_success", 10)
         self.progress_pub = self.create_publisher(Float32, "~/progress", 10)
         self.episode_pub = self.create_publisher(String, "~/episode", 10)
-
-        self.teleop_pubs = {}
-        if self.scripted:
-            self.teleop_pubs = {
-                g: self.create_publisher(JointState, topics.command[g], TELEOP_QOS)
-                for g in self.spec.action_groups
-            }
-            self.create_timer(self._period(self.config.control.rate_hz), self._on_teleop)
-        self.start_client = self.stop_client = None
-        if self.recorder_name:
-            self.start_client = self.create_client(StartEpisode, f"{self.recorder_name}/start_episode")
-            self.stop_client = self.create_client(StopEpisode, f"{self.recorder_name}/stop_episode")
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.create_service(ResetEpisode, "~/reset_episode", self._on_reset)
 
         self.results: list[EpisodeResult] = []
         self.commands_received = dict.fromkeys(self.spec.action_groups, 0)
         self.commands_rejected = 0
-        self.finished = False  # all requested scripted episodes are done
+        self.finished = False  # the episode ended (scored); the robot holds until the next reset
         self._episode_index = -1
-        self.recording_episode = ""
-        self._pending = None  # an in-flight recorder service call
-        self._ending = False  # an episode ended; waiting for the recorder before the next starts
         self._start_episode(self.seed)
 
         self._last_step = time.monotonic()
@@ -199,7 +158,7 @@ class SimRobotNode(Node):
         self.create_timer(self._period(physics_rate_hz), self._on_physics)
         self.create_timer(self._period(joint_rate_hz), self._on_joints, MutuallyExclusiveCallbackGroup())
         self.create_timer(self._period(2.0), self._publish_score)
-        mode = "scripted teleop" if self.scripted else "following /motion_target"
+        mode = "following /motion_target"
         if self.time_scale != 1.0:
             mode += f" at {self.time_scale:g}x real time"
         self.get_logger().info(
@@ -207,6 +166,12 @@ class SimRobotNode(Node):
             f"at {camera_rate_hz:g} Hz, "
             f"joints {joint_rate_hz:g} Hz, config {config_path}"
         )
+
+    def _declare(self, name: str, default, description: str):
+        """Declare a parameter with its description, read-only: every one is read once, at start-up."""
+        return self.declare_parameter(
+            name, default, ParameterDescriptor(description=description, read_only=True)
+        ).value
 
     # -- simulated clock ------------------------------------------------------------------------------
     def _period(self, rate_hz: float) -> float:
@@ -242,25 +207,30 @@ class SimRobotNode(Node):
     def _start_episode(self, seed: int) -> None:
         with self.lock:
             self.env.reset(seed)
-        self._episode_index += 1
-        self._episode_start = self.env.time
-        self.first_success_s: float | None = None
-        self._last_success = False
-        self._folder = ScriptedFolder(self.env) if self.scripted else None
-        self._stop_requested = False
-        self._awaiting_recorder = self.start_client is not None
+            self._episode_index += 1
+            self._episode_start = self.env.time
+            self.first_success_s: float | None = None
+            self._last_success = False
+            self.finished = False
         pose = self.env.towel.pose
         self.get_logger().info(
             f"episode {self._episode_index}: seed {seed}, towel at x={pose.x:.3f} y={pose.y:.3f} "
             f"yaw={np.degrees(pose.yaw):.1f} deg"
         )
-        if self.start_client is not None:
-            self._call(
-                self.start_client, StartEpisode.Request(instruction=self.instruction), self._on_started
-            )
+
+    def _on_reset(self, request, response):
+        self._start_episode(int(request.seed))
+        with self.lock:
+            info = self._episode_info()
+        self.episode_pub.publish(String(data=json.dumps(info)))
+        response.success = True
+        response.message = f"episode {info['episode']}: seed {info['seed']}"
+        response.episode = json.dumps(info)
+        return response
 
     def end_episode(self) -> None:
-        if self._ending or self.finished:  # already ended (waiting for the recorder, or all done)
+        """Score the running episode into `results`; the robot holds until the next reset."""
+        if self.finished:
             return
         elapsed = self.env.time - self._episode_start
         result = EpisodeResult(
@@ -272,74 +242,11 @@ class SimRobotNode(Node):
             first_success_s=self.first_success_s,
         )
         self.results.append(result)
+        self.finished = True
         self.get_logger().info(
             f"episode {result.index} (seed {result.seed}) ended after {elapsed:.1f} s: "
             f"{'SUCCESS' if result.success else 'no success'}, progress {result.progress:.2f}"
         )
-        more = self.episodes <= 0 or len(self.results) < self.episodes
-        if self.stop_client is not None and self.recording_episode:
-            # The next episode starts once the recorder has answered the stop: the two services
-            # are separate entities, which an executor may serve in either order.
-            self._ending = True
-            request = StopEpisode.Request(save=True, task_success=result.success)
-            self._call(self.stop_client, request, lambda r, res=result: self._on_stopped(r, res, more))
-        else:
-            self._next_episode(more)
-
-    def _next_episode(self, more: bool) -> None:
-        self._ending = False
-        if more:
-            self._start_episode(self.env.seed + 1)
-        else:
-            self.finished = True
-
-    def _call(self, client, request, done) -> None:
-        """Call a recorder service once it is available (polled on a timer: the executor, which
-        may be serving the recorder itself, is never blocked), for at most recorder_wait_s."""
-
-        def send() -> None:
-            future = client.call_async(request)
-            future.add_done_callback(lambda f: done(f.result()))
-
-        if client.service_is_ready():
-            send()
-            return
-        self.get_logger().info(
-            f"waiting for the recorder service {client.srv_name} (up to {self.recorder_wait_s:g} s)"
-        )
-        deadline = time.monotonic() + self.recorder_wait_s
-        timer = None
-
-        def poll() -> None:
-            if client.service_is_ready():
-                timer.cancel()
-                send()
-            elif time.monotonic() >= deadline:
-                timer.cancel()
-                self.get_logger().error(
-                    f"recorder service {client.srv_name} did not come up within {self.recorder_wait_s:g} s "
-                    "(parameter recorder_wait_s); this episode is not recorded"
-                )
-                done(None)
-
-        timer = self.create_timer(0.1, poll)
-
-    def _on_started(self, response) -> None:
-        self._awaiting_recorder = False
-        if response is not None and response.success:
-            self.recording_episode = response.episode
-            with self.lock:  # the operator starts now that the recording runs
-                self._episode_start = self.env.time
-        elif response is not None:
-            self.get_logger().error(f"recorder refused to start: {response.message}")
-
-    def _on_stopped(self, response, result: EpisodeResult, more: bool) -> None:
-        if response is not None and response.success:
-            result.recorded = response.episode
-        else:
-            self.get_logger().error(f"recorder refused to stop: {getattr(response, 'message', '')}")
-        self.recording_episode = ""
-        self._next_episode(more)
 
     # -- commands -------------------------------------------------------------------------------------
     def _on_command(self, group: str, msg: JointState) -> None:
@@ -361,28 +268,6 @@ class SimRobotNode(Node):
             return
         self.commands_received[group] += 1
 
-    def _on_teleop(self) -> None:
-        if self.finished or self._ending or self._folder is None:
-            return
-        t = self.env.time - self._episode_start - self.start_delay_s
-        if self._awaiting_recorder:
-            t = 0.0  # holding the start pose until the recording has started
-        elif t > self._folder.duration + 0.5:
-            if not self._stop_requested:
-                self._stop_requested = True
-                self.end_episode()
-            return
-        action = self._folder.action(max(t, 0.0))
-        stamp = self.sim_now().to_msg()
-        for group, values in self.spec.split(action, self.spec.action_groups).items():
-            msg = JointState()
-            msg.header.stamp = stamp
-            msg.name = list(self.spec.group(group).joints)
-            msg.position = [float(v) for v in values]
-            if group.startswith("arm"):  # the arms' command topics carry per-joint velocity caps
-                msg.velocity = [float(v) for v in self.spec.group(group).max_velocity]
-            self.teleop_pubs[group].publish(msg)
-
     # -- simulation and outputs -----------------------------------------------------------------------
     def _on_physics(self) -> None:
         if self.time_scale == 1.0:
@@ -394,7 +279,8 @@ class SimRobotNode(Node):
             now_ns = self.sim_now().nanoseconds
             elapsed = min((now_ns - self._last_sim_ns) / 1e9, 1.0)
             self._last_sim_ns = now_ns
-        if elapsed <= 0 or self.finished or self._ending:
+        self.clock_pub.publish(Clock(clock=self.sim_now().to_msg()))
+        if elapsed <= 0 or self.finished:
             return
         with self.lock:
             self.env.step(elapsed)
@@ -405,11 +291,7 @@ class SimRobotNode(Node):
         if success != self._last_success:
             self._last_success = success
             self._publish_score()
-        if (
-            not self.scripted
-            and self.episode_timeout_s > 0
-            and self.env.time - self._episode_start >= self.episode_timeout_s
-        ):
+        if self.episode_timeout_s > 0 and self.env.time - self._episode_start >= self.episode_timeout_s:
             self.end_episode()
 
     def _on_cameras(self) -> None:
@@ -450,8 +332,11 @@ class SimRobotNode(Node):
     def _publish_score_locked(self) -> None:
         self.success_pub.publish(Bool(data=bool(self.env.success)))
         self.progress_pub.publish(Float32(data=float(self.env.progress)))
+        self.episode_pub.publish(String(data=json.dumps(self._episode_info())))
+
+    def _episode_info(self) -> dict:
         pose = self.env.towel.pose
-        info = {
+        return {
             "episode": self._episode_index,
             "seed": self.env.seed,
             "towel": {"x": pose.x, "y": pose.y, "yaw": pose.yaw},
@@ -460,8 +345,8 @@ class SimRobotNode(Node):
             "succeeded": self.first_success_s is not None,
             "progress": round(self.env.progress, 4),
             "fold_error_m": {k: round(v, 4) for k, v in self.env.towel.fold_error().items()},
+            "first_success_s": None if self.first_success_s is None else round(self.first_success_s, 3),
         }
-        self.episode_pub.publish(String(data=json.dumps(info)))
 
 
 def main(args=None) -> None:
