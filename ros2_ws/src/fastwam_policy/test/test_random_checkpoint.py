@@ -18,10 +18,8 @@ from fastwam.robot_config_match import fitting_config_hint, matching_robot_confi
 CONFIGS = Path(__file__).resolve().parents[1] / "config"
 SIM, ROBOT = CONFIGS / "r1_lite_sim.yaml", CONFIGS / "r1_lite.yaml"
 
-# Every test shares a checkpoint that the command writes in its own process (~7 s).
-pytestmark = pytest.mark.slow
 
-
+# Its tests are slow: a checkpoint the command writes in its own process (~7 s).
 @pytest.fixture(scope="module")
 def sim_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("random") / "sim_random"
@@ -36,6 +34,19 @@ def sim_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+def test_the_command_refuses_bad_arguments_before_building_a_model(tmp_path, capsys):
+    """In-process and cheap (the fast lane's test of the command): errors name what is wrong and
+    nothing is written."""
+    from fastwam.random_checkpoint import main
+
+    assert main([str(tmp_path / "a"), "--robot-config", str(CONFIGS / "missing.yaml")]) == 1
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main([str(tmp_path / "b"), "--robot-config", str(SIM), "--action-horizon", "0"]) == 1
+    assert "--action-horizon must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
 def test_the_command_writes_a_checkpoint_the_config_accepts(sim_checkpoint):
     checkpoint = load_checkpoint(sim_checkpoint)
     config = load_robot_config(SIM)
@@ -49,6 +60,7 @@ def test_the_command_writes_a_checkpoint_the_config_accepts(sim_checkpoint):
     assert bad.returncode == 1 and "missing.yaml" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_shipped_config_that_fits_is_found(sim_checkpoint):
     checkpoint = load_checkpoint(sim_checkpoint)
     assert [p.name for p in matching_robot_configs(checkpoint.robot, checkpoint.camera_layout)] == [SIM.name]
@@ -58,6 +70,7 @@ def test_the_shipped_config_that_fits_is_found(sim_checkpoint):
     assert "no robot config shipped" in fitting_config_hint(robot.robot, foreign)
 
 
+@pytest.mark.slow
 def test_the_policy_node_names_the_fitting_config(sim_checkpoint):
     """The sim checkpoint started with the robot's r1_lite.yaml: refused (ERROR), naming r1_lite_sim.yaml."""
     rclpy = pytest.importorskip("rclpy")
