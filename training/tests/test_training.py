@@ -175,6 +175,21 @@ def test_config_overrides_and_strictness(dataset, tmp_path):
     assert data == {"a": {"b": {"c": [1, 2]}}}
 
 
+def test_cli_prepares_then_trains_in_process(dataset, tmp_path, capsys):
+    """The CLI's main in-process, one step (the fast lane's test of it; the subprocess run and
+    resume below is slow)."""
+    from fastwam_training import train
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        yaml.safe_dump(experiment_dict(dataset, tmp_path / "run", train={"max_steps": 1, "batch_size": 2}))
+    )
+    assert train.main(["--config", str(path), "--prepare"]) == 0
+    assert "prepared: " in capsys.readouterr().out and not (tmp_path / "run/checkpoints").exists()
+    assert train.main(["--config", str(path), "data.num_workers=0"]) == 0
+    assert "done: step 1 " in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_cli_trains_and_resumes(dataset, tmp_path):
     path = tmp_path / "exp.yaml"
