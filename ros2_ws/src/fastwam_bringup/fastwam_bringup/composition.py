@@ -98,8 +98,9 @@ class Composition:
 
     def close(self) -> None:
         self.executor.shutdown()
-        # spin_once hands callbacks to the executor's thread pool without waiting for them, and
-        # shutdown() does not wait either: let in-flight ones (a camera frame) finish first.
+        # The executor runs callbacks on this thread, but other threads (the policy node's inference
+        # worker, which publishes its chunk when done) may still be finishing: give them a moment
+        # before their nodes are destroyed.
         time.sleep(0.3)
         for node in self.nodes:
             self.executor.remove_node(node)

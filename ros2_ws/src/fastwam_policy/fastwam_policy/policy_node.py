@@ -24,7 +24,8 @@ measured observation-to-merge latencies of recent chunks in control steps; warm-
 are guided to the plan the robot follows meanwhile, the overlap after them with decaying weights
 (``rtc_schedule``, ``rtc_execution_horizon``), and the chunk replaces the plan without blending.
 Alignment, joint limits and velocity limits are the same in both modes. Callback groups make the node safe on a
-multi-threaded executor (as in a single-process runner), but `main` spins a single-threaded one:
+multi-threaded executor (a component container), but `main` and the single-process runner spin a
+single-threaded one:
 with the model on its own thread nothing needs more, and rclpy's MultiThreadedExecutor costs so
 much Python per message (task objects, a wait-set rebuild per callback) that on a small CPU it
 starves the model of the GIL (measured here: 3-5x slower inference, stale-camera holds).
