@@ -74,3 +74,35 @@ def test_a_run_takes_its_own_ros_domain_unless_the_caller_set_one(monkeypatch, c
     domain = private_ros_domain()
     assert 1 <= domain <= 101 and os.environ["ROS_DOMAIN_ID"] == str(domain)
     assert f"ROS_DOMAIN_ID={domain}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_policy_episode_is_recorded_and_labelled(tmp_path, capsys):
+    """--record in a policy run: the runner records the episode through the recorder client and
+    labels it with the simulated robot's score (a random model: not folded, saved as a failure)."""
+    from fastwam.data.episode_bag import read_episode_json
+
+    argv = ["--robot-config", str(CONFIG), "--checkpoint", "random", "--episodes", "1",
+            "--episode-timeout", "3", "--record", str(tmp_path), "--seed", "2"]  # fmt: skip
+    code = run(parse_args(argv))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "episode 0 seed 2: no success" in out and ", recorded " in out, out
+    [bag] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    info = read_episode_json(bag)
+    assert info["status"] == "saved" and info["task_success"] is False, info
+
+
+def test_without_a_checkpoint_the_runner_takes_its_callers_default(tmp_path):
+    """Bringup knows no experiment: with no --checkpoint it runs what the caller's hook gives, and
+    without a hook refuses, naming the entry point that has one."""
+    from fastwam.robot_config import load_robot_config
+    from fastwam_bringup.run import resolve_checkpoint
+
+    args = parse_args(["--robot-config", str(CONFIG)])
+    config = load_robot_config(CONFIG)
+    with pytest.raises(SystemExit, match=r"no --checkpoint given.*python -m fastwam_experiments\.run"):
+        resolve_checkpoint(args, config, str(tmp_path))
+    seen = []
+    assert resolve_checkpoint(args, config, str(tmp_path), lambda a: seen.append(a) or "ckpt") == "ckpt"
+    assert seen == [args]
