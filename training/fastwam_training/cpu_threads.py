@@ -103,7 +103,9 @@ class ThreadProbe:
     def _decide(self) -> None:
         results, self._results = self._results, {}
         best = min(results, key=results.get)
-        if best != self.current and results[best] < (1 - self.MARGIN) * results.get(self.current, float("inf")):
+        if best != self.current and results[best] < (1 - self.MARGIN) * results.get(
+            self.current, float("inf")
+        ):
             log.info(
                 "CPU threads: %s s/step -> %d",
                 ", ".join(f"{n}: {t:.3f}" for n, t in sorted(results.items())),
@@ -115,8 +117,10 @@ class ThreadProbe:
 class CpuThreads:
     def __init__(self, threads: int | str | None = None, threads_file: str | os.PathLike[str] | None = None):
         adaptive = threads == ADAPTIVE
-        if not adaptive and threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        if (
+            not adaptive
+            and threads is not None
+            and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1)
         ):
             raise ValueError(
                 f"train.cpu_threads must be null, a positive integer or {ADAPTIVE!r}, got {threads!r}"
