@@ -290,7 +290,7 @@ def _run_composition(
                 )
             if args.scripted_teleop and operator.finished:
                 break
-            if checkpoint is not None and (sim.finished or sim.first_success_s is not None):
+            if checkpoint is not None and (sim.finished or sim.completion_s is not None):
                 break  # policy-driven: the episode ends at success or its timeout
             if deadline is not None and now >= deadline:
                 break
@@ -362,7 +362,7 @@ def _summary(args, totals: RunTotals, elapsed: float) -> int:
             f"[run]   policy: {totals.chunks_predicted} chunks predicted, last state {totals.policy_state or 'none'}"
         )
     for i, r in enumerate(results):
-        when = f" at {r.first_success_s:.1f} s" if r.first_success_s is not None else ""
+        when = f" at {r.completion_s:.1f} s" if r.completion_s is not None else ""
         rec = f", recorded {r.recorded}" if r.recorded else ""
         print(
             f"[run]   episode {i} seed {r.seed}: {'SUCCESS' + when if r.success else 'no success'}, "

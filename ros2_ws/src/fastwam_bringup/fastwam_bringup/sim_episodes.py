@@ -87,7 +87,7 @@ class PolicyEpisodeResult:
 
     seed: int
     success: bool
-    completion_time_s: float | None  # sim time of the first success
+    completion_s: float | None  # sim time of the first success
     progress: float  # fold progress at the end (0 flat .. 1 folded)
     duration_s: float  # sim time the episode ran
     chunk_latencies_ms: list[float] = field(default_factory=list)  # ActionChunk.total_ms, in order
@@ -137,9 +137,7 @@ def run_policy_episode(
         monitor.commands = dict.fromkeys(monitor.commands, 0)
         started = time.monotonic()
         # Sim time never runs ahead of wall time; the wall limit only guards against a stalled sim.
-        ended = comp.spin_until(
-            lambda: sim.finished or sim.first_success_s is not None, 10.0 * timeout_s + 60.0
-        )
+        ended = comp.spin_until(lambda: sim.finished or sim.completion_s is not None, 10.0 * timeout_s + 60.0)
         if not sim.finished:
             sim.end_episode()  # success reached (or stalled): score the episode now
         wall_s = time.monotonic() - started
@@ -149,7 +147,7 @@ def run_policy_episode(
         return PolicyEpisodeResult(
             seed=result.seed,
             success=result.success,
-            completion_time_s=result.first_success_s,
+            completion_s=result.completion_s,
             progress=float(result.progress),
             duration_s=float(result.duration_s),
             chunk_latencies_ms=[float(v) for v in monitor.chunks],

@@ -44,6 +44,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fastwam.inference_device import CPU_THREADS
 from fastwam.robot_config import load_robot_config
 from fastwam.shipped_configs import SIM_CONFIG, shipped_config
 from fastwam_bringup.composition import private_ros_domain
@@ -295,7 +296,7 @@ def stage_record(s: Settings) -> dict[str, Any]:
                         "seed": r.seed,
                         "success": r.success,
                         "recorded": r.recorded,
-                        "first_success_s": r.first_success_s,
+                        "completion_s": r.completion_s,
                         "used": not reason,
                         **({"reason": reason} if reason else {}),
                     }
@@ -685,6 +686,7 @@ def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list
             "instruction": s.instruction,
             "device": s.device,
             "sampler_seed": "pose",  # the policy node's noise seeded per episode (run_policy_episode)
+            "cpu_threads": CPU_THREADS,  # the policy node's inference threads (latency depends on them)
         }
         path = s.out / "eval" / f"{name}.json"
         rows: list[dict[str, Any]] = []
@@ -725,7 +727,7 @@ def stage_eval(s: Settings, models: dict[str, dict[str, Any]]) -> dict[str, list
 def summarize(name: str, model: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     successes = [r for r in rows if r["success"]]
     latencies = [v for r in rows for v in r["chunk_latencies_ms"]]
-    times = [r["completion_time_s"] for r in successes]
+    times = [r["completion_s"] for r in successes]
     return {
         "model": name,
         "checkpoint": model["checkpoint"],
@@ -733,7 +735,7 @@ def summarize(name: str, model: dict[str, Any], rows: list[dict[str, Any]]) -> d
         "episodes": len(rows),
         "successes": len(successes),
         "success_rate": len(successes) / len(rows) if rows else None,
-        "mean_completion_time_s": statistics.fmean(times) if times else None,
+        "mean_completion_s": statistics.fmean(times) if times else None,
         "latency_median_ms": statistics.median(latencies) if latencies else None,
         "latency_p95_ms": percentile(latencies, 0.95),
         # Latencies are of the chunks the policy node applied; a chunk that arrived too late to
@@ -757,7 +759,7 @@ def report_table(summaries: list[dict[str, Any]]) -> str:
         rate = None if m["success_rate"] is None else 100.0 * m["success_rate"]
         lines.append(
             f"| {m['model']} | {m['training_steps']} | {m['successes']}/{m['episodes']} | {_fmt(rate, '.0f', ' %')} "
-            f"| {_fmt(m['mean_completion_time_s'], '.1f')} | {_fmt(m['latency_median_ms'], '.0f')} "
+            f"| {_fmt(m['mean_completion_s'], '.1f')} | {_fmt(m['latency_median_ms'], '.0f')} "
             f"| {_fmt(m['latency_p95_ms'], '.0f')} | {m['chunks_applied']} / {m['chunks_predicted']} |"
         )
     return "\n".join(lines)
@@ -774,7 +776,7 @@ def plot_success_vs_time(summaries: list[dict[str, Any]], path: Path, timeout_s:
     fig, ax = plt.subplots(figsize=(6.0, 4.5), dpi=120)
     placed: dict[tuple[float, float], int] = {}  # labels of models on the same point are stacked
     for m in summaries:
-        x = m["mean_completion_time_s"] if m["mean_completion_time_s"] is not None else timeout_s
+        x = m["mean_completion_s"] if m["mean_completion_s"] is not None else timeout_s
         y = 100.0 * (m["success_rate"] or 0.0)
         marker = "x" if m["model"] == RANDOM_INIT else "o"
         ax.scatter([x], [y], s=70, marker=marker, zorder=3, label=m["model"])

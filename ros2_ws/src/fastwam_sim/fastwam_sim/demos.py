@@ -36,7 +36,7 @@ class Demo:
     action: np.ndarray  # [T, action_dim]
     timestamps: np.ndarray  # [T] seconds
     success: bool
-    first_success_s: float | None
+    completion_s: float | None
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def scripted_demo(
         action=np.array(action),
         timestamps=np.arange(steps) / fps,
         success=first_success is not None,
-        first_success_s=first_success,
+        completion_s=first_success,
     )
 
 

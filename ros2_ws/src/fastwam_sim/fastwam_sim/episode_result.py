@@ -13,5 +13,5 @@ class EpisodeResult:
     progress: float  # at the end
     duration_s: float  # simulated seconds
     recorded: str = ""  # episode name returned by the recorder, if any
-    first_success_s: float | None = None  # simulated seconds from the episode's start
+    completion_s: float | None = None  # simulated seconds from the episode's start
     notes: list[str] = field(default_factory=list)

@@ -176,7 +176,7 @@ def test_scripted_demos_write_a_lerobot_dataset_the_reader_loads(tmp_path, confi
     small = SimParams(image_height=96, image_width=128)  # same scene, cheap to encode
     env = TowelFoldEnv(config.robot, config.cameras.keys, small)
     demo = scripted_demo(env, seed=11)
-    assert demo.success and 5.0 < demo.first_success_s < 10.0
+    assert demo.success and 5.0 < demo.completion_s < 10.0
     steps = len(demo.timestamps)
     assert demo.state.shape == (steps, config.robot.state_dim)
     assert demo.action.shape == (steps, config.robot.action_dim)

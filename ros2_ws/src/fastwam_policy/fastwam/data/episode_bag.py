@@ -181,7 +181,9 @@ class RecorderStatus:
 
 
 @dataclass
-class EpisodeResult:
+class RecordedEpisode:
+    """An episode the recorder is writing or has written: its bag directory and metadata."""
+
     name: str
     path: Path
     info: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +225,7 @@ class EpisodeRecorder:
         self.last_episode = ""
         self._lock = threading.Lock()
         self._recording = False
-        self._episode: EpisodeResult | None = None
+        self._episode: RecordedEpisode | None = None
         self._writer: EpisodeBagWriter | None = None
         self._instruction = ""
         self._start_ns = 0
@@ -240,7 +242,7 @@ class EpisodeRecorder:
     def recording(self) -> bool:
         return self._recording
 
-    def start(self, instruction: str) -> EpisodeResult:
+    def start(self, instruction: str) -> RecordedEpisode:
         """Create the next episode bag and start accepting messages. Raises EpisodeError."""
         with self._lock:
             if self._recording:
@@ -257,7 +259,7 @@ class EpisodeRecorder:
                 self.error = f"cannot start an episode in {self.output_dir}: {error}"
                 raise EpisodeError(self.error) from error
             self._start_ns = time.time_ns()
-            episode = EpisodeResult(name, path)
+            episode = RecordedEpisode(name, path)
             episode.info = {
                 "format": EPISODE_FORMAT,
                 "episode": name,
@@ -299,7 +301,7 @@ class EpisodeRecorder:
         timeout_s: float = 60.0,
         reason: str = "request",
         drain_s: float | None = None,
-    ) -> EpisodeResult:
+    ) -> RecordedEpisode:
         """End the episode: finalize it (save) or delete it. Raises EpisodeError.
 
         task_success None = unknown (e.g. saved by a shutdown); `reason` is stored as stopped_by.
@@ -393,7 +395,9 @@ class EpisodeRecorder:
     # -- writer thread ---------------------------------------------------------------------------
     _close_error = ""
 
-    def _write_loop(self, writer: EpisodeBagWriter, episode: EpisodeResult, items: queue.SimpleQueue) -> None:
+    def _write_loop(
+        self, writer: EpisodeBagWriter, episode: RecordedEpisode, items: queue.SimpleQueue
+    ) -> None:
         last_flush = time.monotonic()
         while True:
             try:

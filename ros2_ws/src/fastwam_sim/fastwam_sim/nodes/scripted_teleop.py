@@ -176,7 +176,7 @@ class ScriptedTeleopNode(Node):
             success=bool(self._score.get("succeeded", False)),
             progress=float(self._score.get("progress", 0.0)),
             duration_s=((self._now_ns or 0) - (start or 0)) / 1e9 if self.phase == "folding" else 0.0,
-            first_success_s=self._score.get("first_success_s"),  # from the scene's reset
+            completion_s=self._score.get("completion_s"),  # from the scene's reset
         )
         self.results.append(result)
         self.phase = "stopping"

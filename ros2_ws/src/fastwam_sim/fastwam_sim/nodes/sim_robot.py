@@ -209,7 +209,7 @@ class SimRobotNode(Node):
             self.env.reset(seed)
             self._episode_index += 1
             self._episode_start = self.env.time
-            self.first_success_s: float | None = None
+            self.completion_s: float | None = None
             self._last_success = False
             self.finished = False
         pose = self.env.towel.pose
@@ -236,10 +236,10 @@ class SimRobotNode(Node):
         result = EpisodeResult(
             index=self._episode_index,
             seed=self.env.seed,
-            success=self.first_success_s is not None,
+            success=self.completion_s is not None,
             progress=self.env.progress,
             duration_s=elapsed,
-            first_success_s=self.first_success_s,
+            completion_s=self.completion_s,
         )
         self.results.append(result)
         self.finished = True
@@ -285,9 +285,9 @@ class SimRobotNode(Node):
         with self.lock:
             self.env.step(elapsed)
             success = self.env.success
-        if success and self.first_success_s is None:
-            self.first_success_s = self.env.time - self._episode_start
-            self.get_logger().info(f"towel folded after {self.first_success_s:.1f} s")
+        if success and self.completion_s is None:
+            self.completion_s = self.env.time - self._episode_start
+            self.get_logger().info(f"towel folded after {self.completion_s:.1f} s")
         if success != self._last_success:
             self._last_success = success
             self._publish_score()
@@ -342,10 +342,10 @@ class SimRobotNode(Node):
             "towel": {"x": pose.x, "y": pose.y, "yaw": pose.yaw},
             "time_s": round(self.env.time - self._episode_start, 3),
             "success": bool(self.env.success),
-            "succeeded": self.first_success_s is not None,
+            "succeeded": self.completion_s is not None,
             "progress": round(self.env.progress, 4),
             "fold_error_m": {k: round(v, 4) for k, v in self.env.towel.fold_error().items()},
-            "first_success_s": None if self.first_success_s is None else round(self.first_success_s, 3),
+            "completion_s": None if self.completion_s is None else round(self.completion_s, 3),
         }
 
 
