@@ -1,7 +1,7 @@
 """Fast-WAM and its controlled variants (fast_wam, joint, idm, no_cotrain) in one module.
 
 Trainable parts: the Wan2.2 video DiT (``self.video``, a stock diffusers ``WanTransformer3DModel``
-whose submodules are driven by ``fastwam.model.mot``), the action expert (``self.expert``) and the
+that holds the weights: its blocks are computed by ``fastwam.model.block``), the action expert (``self.expert``) and the
 optional state token projection (``self.state_proj``: Linear state_dim -> text_dim, one extra
 context token appended to the instruction embedding; both branches see it through cross-attention).
 
