@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from fastwam.camera import CameraLayout, composite_to_tensor
-from fastwam.config import PRESETS, preset
 from fastwam.model import Context, FastWAM, WanComponents, build_random_components
 from fastwam.model.action_loop import COMPILE_MODES, ActionLoop
 from fastwam.model.wan import FirstFrameCausalConv, build_tokenizer
+from fastwam.model_config import PRESETS, preset
 
 # Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
 WAN22_VAE = dict(

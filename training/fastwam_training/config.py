@@ -18,14 +18,14 @@ from typing import Any
 import yaml
 
 from fastwam.camera import CameraLayout
-from fastwam.config import VARIANTS
+from fastwam.model_config import VARIANTS
 from fastwam.robot import RobotSpec
 from fastwam.robot_config import load_robot_config
 
 
 @dataclass
 class ModelSection:
-    preset: str = "tiny"  # tiny | small | wan22-5b (fastwam.config presets)
+    preset: str = "tiny"  # tiny | small | wan22-5b (fastwam.model_config presets)
     variant: str = "fast_wam"  # fast_wam | joint | idm | no_cotrain
     # Wan2.2-TI2V-5B-Diffusers directory (transformer/, vae/, text_encoder/, tokenizer/) for wan22-5b.
     pretrained: str | None = None

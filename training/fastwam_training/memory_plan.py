@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from fastwam.camera import CameraLayout
-from fastwam.config import FastWAMConfig, preset
 from fastwam.model import FastWAM
 from fastwam.model.mot import shared_layer
+from fastwam.model_config import FastWAMConfig, preset
 
 GIB = 1024**3
 MIB = 1024**2

@@ -9,9 +9,9 @@ import torch
 
 from fastwam import checkpoint as ckpt
 from fastwam.camera import CameraLayout
-from fastwam.config import FastWAMConfig, preset
 from fastwam.model import FastWAM, WanComponents, build_random_components
 from fastwam.model import latent_frame_mask as _latent_frame_mask
+from fastwam.model_config import FastWAMConfig, preset
 from fastwam.normalize import NormalizationStats
 from fastwam.robot import RobotSpec
 from fastwam.robot_config_match import check_fits

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fastwam.camera import CameraLayout, composite_to_tensor
-from fastwam.config import preset
 from fastwam.data.lerobot import LeRobotDataset
 from fastwam.data.windows import DatasetKeys, WindowDataset, WindowSpec
 from fastwam.model import build_random_components
+from fastwam.model_config import preset
 from fastwam_training.caches import LatentCache, TextEmbeddingCache, fingerprint, unique_instructions
 from fastwam_training.synthetic import CAMERAS, make_v21_dataset
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fastwam.config import preset
+from fastwam.model_config import preset
 from fastwam_training.config import load_config
 from fastwam_training.modeling import model_config
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from fastwam.camera import composite_to_tensor
-from fastwam.config import preset
 from fastwam.model import FastWAM, build_random_components
+from fastwam.model_config import preset
 from fastwam.robot_config import load_robot_config
 from fastwam_sim.env import SimParams, TowelFoldEnv
 from fastwam_sim.teleop import ScriptedFolder

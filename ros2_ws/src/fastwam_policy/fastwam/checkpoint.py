@@ -37,10 +37,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastwam.camera import CameraLayout
-from fastwam.config import FastWAMConfig
-from fastwam.config import preset as build_preset
 from fastwam.model.fastwam import FastWAM
 from fastwam.model.wan import WanComponents, build_random_components
+from fastwam.model_config import FastWAMConfig
+from fastwam.model_config import preset as build_preset
 from fastwam.normalize import NormalizationStats, Normalizer
 from fastwam.robot import RobotSpec
 

@@ -56,10 +56,10 @@ from typing import Any
 import torch
 
 from fastwam.checkpoint import load_state_strict, save_checkpoint
-from fastwam.config import VARIANTS, FastWAMConfig, VideoDiTConfig
-from fastwam.config import preset as build_preset
 from fastwam.model.fastwam import FastWAM
 from fastwam.model.wan import WanComponents, build_random_components
+from fastwam.model_config import VARIANTS, FastWAMConfig, VideoDiTConfig
+from fastwam.model_config import preset as build_preset
 from fastwam.normalize import MODES, FeatureStats, NormalizationStats
 
 # Wan (original) -> diffusers names inside a block and for the embeddings: diffusers'

@@ -16,12 +16,12 @@ import torch
 
 from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.checkpoint import LoadedCheckpoint, load_checkpoint
-from fastwam.config import FastWAMConfig
 from fastwam.inference_device import CPU_THREADS
 from fastwam.model import rtc
 from fastwam.model.action_loop import check_compile_mode
 from fastwam.model.fastwam import Context
 from fastwam.model.rtc import ChunkGuide
+from fastwam.model_config import FastWAMConfig
 from fastwam.robot import RobotSpec
 
 TIMING_KEYS = ("preprocess", "text_encode", "vae_encode", "prefix", "action", "total")

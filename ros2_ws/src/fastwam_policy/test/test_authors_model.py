@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 
 from fastwam.camera import CameraLayout
 from fastwam.checkpoint import CONFIG_FILE, load_checkpoint
-from fastwam.config import preset
 from fastwam.convert import (
     AuthorsCheckpointError,
     convert_authors_checkpoint,
@@ -31,6 +30,7 @@ from fastwam.convert import (
 from fastwam.model import flow
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
+from fastwam.model_config import preset
 from fastwam.policy import FastWAMPolicy
 from fastwam.robot import JointGroup, RobotSpec
 

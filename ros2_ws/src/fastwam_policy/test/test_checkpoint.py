@@ -19,8 +19,8 @@ from fastwam.checkpoint import (
     read_checkpoint_json,
     save_checkpoint,
 )
-from fastwam.config import preset
 from fastwam.model import FastWAM, build_random_components
+from fastwam.model_config import preset
 from fastwam.normalize import FeatureStats, NormalizationStats
 from fastwam.robot import JointGroup, RobotSpec
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastwam.config import preset
 from fastwam.model import FastWAM
 from fastwam.model.action_loop import ActionLoop, check_compile_mode
 from fastwam.model.block import cached_block
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
+from fastwam.model_config import preset
 
 # The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
 # pytest's importlib mode, where the test folder is not on sys.path.

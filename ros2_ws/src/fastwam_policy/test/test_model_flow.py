@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastwam.config import preset
 from fastwam.model import FastWAM, flow
+from fastwam.model_config import preset
 
 # The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
 # pytest's importlib mode, where the test folder is not on sys.path.

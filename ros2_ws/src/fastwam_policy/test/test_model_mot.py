@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastwam.config import VARIANTS, preset
 from fastwam.model import FastWAM, flow
 from fastwam.model.action_expert import resize_tensor
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import GROUPS, MASK_RULES, build_mask, group_slices
 from fastwam.model.variants import INFERENCE_MODES, VARIANT_RULES, variant_rules
+from fastwam.model_config import VARIANTS, preset
 
 # The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
 # pytest's importlib mode, where the test folder is not on sys.path.

@@ -9,9 +9,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from transformers import AutoTokenizer
 
-from fastwam.config import PROMPT_TEMPLATE, preset
 from fastwam.model import FastWAM, WanComponents, build_random_components, latent_frame_mask
 from fastwam.model.wan import CPUEncodeKernels, build_video_transformer
+from fastwam.model_config import PROMPT_TEMPLATE, preset
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanAttention, WanTimeTextImageEmbedding
 from torch import nn
 
-from fastwam.config import FastWAMConfig
+from fastwam.model_config import FastWAMConfig
 
 
 class ActionExpertBlock(nn.Module):

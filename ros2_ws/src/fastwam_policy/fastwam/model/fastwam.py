@@ -45,7 +45,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastwam.config import FastWAMConfig
 from fastwam.model import embed, flow
 from fastwam.model.action_expert import ActionExpert, action_rope, init_expert_from_video
 from fastwam.model.action_loop import ActionLoop, check_compile_mode
@@ -55,6 +54,7 @@ from fastwam.model.masks import build_mask
 from fastwam.model.mot import Stream, shared_layer
 from fastwam.model.variants import variant_rules
 from fastwam.model.wan import build_video_transformer, load_video_transformer
+from fastwam.model_config import FastWAMConfig
 
 __all__ = ["ActionCache", "Context", "FastWAM"]  # the types are re-exported for callers of this module
 

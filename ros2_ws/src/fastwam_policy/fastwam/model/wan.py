@@ -27,7 +27,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch.overrides import TorchFunctionMode
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from fastwam.config import PROMPT_TEMPLATE, FastWAMConfig
+from fastwam.model_config import PROMPT_TEMPLATE, FastWAMConfig
 
 log = logging.getLogger(__name__)
 
