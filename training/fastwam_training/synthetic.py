@@ -80,53 +80,43 @@ def episode_arrays(episode: int, length: int, dim: int = 4, size: int = 32, seed
     }
 
 
-def make_v21_dataset(
+WRITERS = {V21: LeRobotV21Writer, V30: LeRobotV30Writer}
+
+
+def make_dataset(
     root: str | Path,
     lengths: Sequence[int],
-    codec: str = "h264_lossless",
-    joints: int = 3,
-    size: int = 32,
-    seed: int = 0,
-) -> Path:
-    robot = robot_dict(joints)
-    names = [j for g in robot["groups"] for j in g["joints"]]
-    writer = LeRobotV21Writer(root, 15, "synthetic_arm", CAMERAS, names, names, video_codec=codec)
-    return _write_episodes(writer, root, lengths, len(names), size, seed)
-
-
-def _write_episodes(writer, root, lengths: Sequence[int], joints: int, size: int, seed: int) -> Path:
-    """The synthetic episodes through either version's writer."""
-    for episode, length in enumerate(lengths):
-        arrays = episode_arrays(episode, length, joints, size, seed)
-        writer.add_episode(
-            arrays["frames"], arrays["state"], arrays["action"], arrays["timestamps"], arrays["task"]
-        )
-    return Path(root)
-
-
-def make_v30_dataset(
-    root: str | Path,
-    lengths: Sequence[int],
+    version: str = DEFAULT_VERSION,
     codec: str = "h264_lossless",
     joints: int = 3,
     size: int = 32,
     seed: int = 0,
     **limits: Any,
 ) -> Path:
-    """The same episodes in the v3.0 layout, written by our v3.0 writer; `limits` go to it
-    (chunks_size, data_files_size_in_mb, video_files_size_in_mb: small ones force several files)."""
+    """The synthetic episodes as a dataset in either format (v3.0 by default), written by our writer
+    of that version; `limits` go to it (v3.0: chunks_size, data_files_size_in_mb,
+    video_files_size_in_mb: small ones force several files)."""
+    if version not in WRITERS:
+        raise ValueError(f"unknown LeRobot dataset version {version!r}; expected one of {sorted(WRITERS)}")
     robot = robot_dict(joints)
     names = [j for g in robot["groups"] for j in g["joints"]]
-    writer = LeRobotV30Writer(root, 15, "synthetic_arm", CAMERAS, names, names, video_codec=codec, **limits)
-    return _write_episodes(writer, root, lengths, len(names), size, seed)
+    writer = WRITERS[version](root, 15, "synthetic_arm", CAMERAS, names, names, video_codec=codec, **limits)
+    for episode, length in enumerate(lengths):
+        arrays = episode_arrays(episode, length, len(names), size, seed)
+        writer.add_episode(
+            arrays["frames"], arrays["state"], arrays["action"], arrays["timestamps"], arrays["task"]
+        )
+    return Path(root)
 
 
-def make_dataset(
-    root: str | Path, lengths: Sequence[int], version: str = DEFAULT_VERSION, **kwargs: Any
-) -> Path:
-    """A synthetic dataset in either format (v3.0 by default)."""
-    make = make_v21_dataset if version == V21 else make_v30_dataset
-    return make(root, lengths, **kwargs)
+def make_v21_dataset(root: str | Path, lengths: Sequence[int], **kwargs: Any) -> Path:
+    """The synthetic episodes in the v2.1 layout (`make_dataset`'s keywords)."""
+    return make_dataset(root, lengths, V21, **kwargs)
+
+
+def make_v30_dataset(root: str | Path, lengths: Sequence[int], **kwargs: Any) -> Path:
+    """The synthetic episodes in the v3.0 layout (`make_dataset`'s keywords, the writer's limits)."""
+    return make_dataset(root, lengths, V30, **kwargs)
 
 
 def experiment_dict(

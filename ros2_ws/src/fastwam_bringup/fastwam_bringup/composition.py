@@ -21,10 +21,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
+from fastwam.supervisor import State
 from fastwam_sim.env import SIM_IMAGE_SIZE
 
 QUIET_LOGGERS = ("fastwam_policy", "sim_robot", "recorder", "fastwam_run_monitor")  # node names
-_STATE_NAMES = ("STARTING", "DRY_RUN", "EXECUTING", "HOLDING", "ESTOP", "ERROR")
 
 
 class Monitor:
@@ -54,7 +54,8 @@ class Monitor:
             pass
 
     def _on_status(self, msg) -> None:
-        state = _STATE_NAMES[msg.state] if msg.state < len(_STATE_NAMES) else str(msg.state)
+        # The supervisor's states carry PolicyStatus's STATE_* numbers; another number is shown as is.
+        state = State(msg.state).name if msg.state in State.__members__.values() else str(msg.state)
         self.state_name, self.reason = state, msg.reason
         self.policy_state = f"{state}: {msg.reason}" if msg.reason else state
         self.chunks_predicted = int(msg.chunks_predicted)
@@ -84,6 +85,12 @@ class Composition:
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
+
+    def add_node(self, node_class, **parameters):
+        """A node of `node_class` in this context with these parameter values (as a launch file's
+        Node sets them), added."""
+        overrides = [Parameter(name, value=value) for name, value in parameters.items()]
+        return self.add(node_class(context=self.context, parameter_overrides=overrides))
 
     def spin_once(self, timeout_s: float = 0.05) -> None:
         self.executor.spin_once(timeout_sec=timeout_s)
@@ -121,15 +128,11 @@ class Composition:
 def add_recorder(comp: Composition, robot_config: str, output_dir: str | Path, instruction: str):
     from fastwam_policy.recorder_node import RecorderNode
 
-    return comp.add(
-        RecorderNode(
-            context=comp.context,
-            parameter_overrides=[
-                Parameter("robot_config", value=str(robot_config)),
-                Parameter("output_dir", value=str(Path(output_dir).expanduser())),
-                Parameter("default_instruction", value=instruction),
-            ],
-        )
+    return comp.add_node(
+        RecorderNode,
+        robot_config=str(robot_config),
+        output_dir=str(Path(output_dir).expanduser()),
+        default_instruction=instruction,
     )
 
 
@@ -145,18 +148,14 @@ def add_sim(
     """The simulated robot (fastwam_sim.nodes.sim_robot): hardware only, no operator."""
     from fastwam_sim.nodes.sim_robot import SimRobotNode
 
-    return comp.add(
-        SimRobotNode(
-            context=comp.context,
-            parameter_overrides=[
-                Parameter("robot_config", value=str(robot_config)),
-                Parameter("seed", value=int(seed)),
-                Parameter("episode_timeout_s", value=float(episode_timeout_s)),
-                Parameter("image_height", value=int(image_size[0])),
-                Parameter("image_width", value=int(image_size[1])),
-                Parameter("time_scale", value=float(time_scale)),
-            ],
-        )
+    return comp.add_node(
+        SimRobotNode,
+        robot_config=str(robot_config),
+        seed=int(seed),
+        episode_timeout_s=float(episode_timeout_s),
+        image_height=int(image_size[0]),
+        image_width=int(image_size[1]),
+        time_scale=float(time_scale),
     )
 
 
@@ -173,17 +172,13 @@ def add_scripted_teleop(
     through `recorder` when set."""
     from fastwam_sim.nodes.scripted_teleop import ScriptedTeleopNode
 
-    return comp.add(
-        ScriptedTeleopNode(
-            context=comp.context,
-            parameter_overrides=[
-                Parameter("robot_config", value=str(robot_config)),
-                Parameter("seed", value=int(seed)),
-                Parameter("episodes", value=int(episodes)),
-                Parameter("recorder", value=recorder),
-                Parameter("instruction", value=instruction),
-            ],
-        )
+    return comp.add_node(
+        ScriptedTeleopNode,
+        robot_config=str(robot_config),
+        seed=int(seed),
+        episodes=int(episodes),
+        recorder=recorder,
+        instruction=instruction,
     )
 
 
@@ -206,18 +201,18 @@ def add_policy(
             f"the policy node is not available ({error}); run with --scripted-teleop for the simulated "
             "robot and its scripted teleoperator alone"
         ) from error
-    overrides = [
-        Parameter("checkpoint", value=str(checkpoint)),
-        Parameter("robot_config", value=str(robot_config)),
-        Parameter("instruction", value=instruction),
-        Parameter("motion_enabled", value=motion_enabled),
-        Parameter("device", value=device),
-        Parameter("dtype", value=dtype),
-        Parameter("execution", value=execution),
-    ]
-    if sampler_seed is not None:
-        overrides.append(Parameter("seed", value=int(sampler_seed)))
-    return comp.add(FastWAMPolicyNode(context=comp.context, parameter_overrides=overrides))
+    seed = {} if sampler_seed is None else {"seed": int(sampler_seed)}
+    return comp.add_node(
+        FastWAMPolicyNode,
+        checkpoint=str(checkpoint),
+        robot_config=str(robot_config),
+        instruction=instruction,
+        motion_enabled=motion_enabled,
+        device=device,
+        dtype=dtype,
+        execution=execution,
+        **seed,
+    )
 
 
 def add_monitor(comp: Composition, config) -> Monitor:

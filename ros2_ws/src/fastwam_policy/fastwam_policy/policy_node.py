@@ -77,6 +77,7 @@ from fastwam import image_decoding
 from fastwam.execution import ChunkExecutor, JointLimits
 from fastwam.inference_device import CPU_THREADS, resolve_inference_device
 from fastwam.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES, ChunkGuide, delay_steps
+from fastwam.model.variants import RTC_VARIANTS, variant_rules
 from fastwam.observation import InputTracker, Observation, order_joint_positions
 from fastwam.robot_config import RobotConfig, load_robot_config
 from fastwam.robot_config_match import check_fits
@@ -534,9 +535,9 @@ class FastWAMPolicyNode(Node):
                 f"checkpoint predicts steps at {policy.fps:g} Hz, control rate is "
                 f"{self.config.control.rate_hz:g} Hz"
             )
-        if self._execution == "rtc" and policy.config.variant not in ("fast_wam", "no_cotrain"):
+        if self._execution == "rtc" and not variant_rules(policy.config.variant).realtime_chunking:
             raise ValueError(
-                f"execution 'rtc' needs a cached-prefix checkpoint (fast_wam, no_cotrain), this one is "
+                f"execution 'rtc' needs a cached-prefix checkpoint ({', '.join(RTC_VARIANTS)}), this one is "
                 f"{policy.config.variant!r}: use execution 'blend'"
             )
         samples = int(self.get_parameter("action_samples").value)

@@ -7,6 +7,9 @@ model on its own worker thread, so callbacks stay short without more executor th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -25,3 +28,19 @@ def spin_until_shutdown(node: Node) -> None:
         # A callback raced the shutdown signal (e.g. a timer publishing on the closed context).
     finally:
         executor.remove_node(node)
+
+
+def run_node(create: Callable[[], Node], args=None) -> None:
+    """A node process's main: init, create the node, spin it until shutdown, destroy it; a Ctrl-C
+    while the node is still being created ends the process quietly too."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = create()
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

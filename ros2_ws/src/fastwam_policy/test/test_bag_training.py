@@ -19,6 +19,7 @@ from fastwam.robot_config import load_robot_config  # noqa: E402
 
 trainer_module = pytest.importorskip("fastwam_training.trainer", reason="training package not on PYTHONPATH")
 from fastwam_training.config import from_dict  # noqa: E402
+from fastwam_training.synthetic import experiment_dict  # noqa: E402
 
 
 def test_recorded_episodes_train_one_step(tmp_path):
@@ -39,12 +40,12 @@ def test_recorded_episodes_train_one_step(tmp_path):
     assert verdicts[2]["frames"] == 22  # 1.5 s at 15 Hz: the idle 6 s trimmed
 
     # The R1 Lite robot spec and camera keys, with a small layout so the tiny model runs fast on CPU.
-    experiment = {
-        "name": "bag_round_trip",
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "robot": config.robot.to_dict(),
-        "cameras": {
+    experiment = experiment_dict(
+        root,
+        tmp_path / "run",
+        name="bag_round_trip",
+        robot=config.robot.to_dict(),
+        cameras={
             "rows": [
                 [{"key": "head", "height": 32, "width": 64}],
                 [
@@ -53,20 +54,10 @@ def test_recorded_episodes_train_one_step(tmp_path):
                 ],
             ]
         },
-        "model": {"preset": "tiny", "variant": "fast_wam"},
-        "data": {
-            "root": str(root),
-            "cameras": {key: CAMERA_FEATURE.format(key=key) for key in config.cameras.keys},
-            "video_stride": 1,
-            "num_workers": 0,
-            "normalization": {"action": "mean_std", "state": "mean_std"},
-        },
-        "cache": {"text": True},
-        "train": {"max_steps": 1, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "cpu": True},
-        "checkpoint": {"every": 0},
-        "logging": {"every": 1, "tensorboard": False, "progress": False},
-        "validation": {"every": 0},
-    }
+        data={"cameras": {key: CAMERA_FEATURE.format(key=key) for key in config.cameras.keys}},
+        train={"max_steps": 1, "batch_size": 2, "warmup_steps": 1},
+        logging={"every": 1},
+    )
     trainer = trainer_module.Trainer(from_dict(experiment))
     sample = trainer.train_data[0]
     assert sample["action"].shape[-1] == config.robot.action_dim == 14

@@ -12,7 +12,7 @@ from fastwam.model import FastWAM, flow
 from fastwam.model.action_expert import resize_tensor
 from fastwam.model.fastwam import Context
 from fastwam.model.masks import GROUPS, MASK_RULES, build_mask, group_slices
-from fastwam.model.variants import INFERENCE_MODES, VARIANT_RULES, variant_rules
+from fastwam.model.variants import INFERENCE_MODES, RTC_VARIANTS, VARIANT_RULES, variant_rules
 from fastwam.model_config import VARIANTS, preset
 
 # The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
@@ -223,6 +223,8 @@ def test_every_variant_has_rules_that_agree_with_its_mask():
         assert (rules.inference == "joint") == ("future" in MASK_RULES[name]["action"]), name
         assert rules.cached_loop == (rules.inference != "joint")
     assert [v for v, r in VARIANT_RULES.items() if not r.video_loss] == ["no_cotrain"]
+    # RTC keeps the prefix fixed while it guides: only the variants whose prefix is the observation.
+    assert RTC_VARIANTS == ("fast_wam", "no_cotrain")
     with pytest.raises(ValueError, match="bogus"):
         variant_rules("bogus")
 

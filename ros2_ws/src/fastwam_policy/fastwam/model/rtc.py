@@ -38,7 +38,7 @@ import torch
 from fastwam.model import flow
 from fastwam.model.context import Context
 from fastwam.model.fastwam import FastWAM
-from fastwam.model.variants import variant_rules
+from fastwam.model.variants import RTC_VARIANTS, variant_rules
 
 SCHEDULES = ("linear", "exp", "ones", "zeros")
 # The paper clips the guidance weight at beta = 5 in its experiments; LeRobot's RTCConfig defaults to
@@ -209,9 +209,9 @@ def infer_guided(
     with autograd. Only the variants whose prefix is the observation alone (fast_wam, no_cotrain)
     have a prefix to keep constant."""
     cfg = model.config
-    if variant_rules(cfg.variant).inference != "first_frame":
+    if not variant_rules(cfg.variant).realtime_chunking:
         raise ValueError(
-            f"real-time chunking needs a cached-prefix variant (fast_wam, no_cotrain), not {cfg.variant!r}"
+            f"real-time chunking needs a cached-prefix variant ({', '.join(RTC_VARIANTS)}), not {cfg.variant!r}"
         )
     if first_latents.shape[0] != 1:
         raise ValueError(

@@ -37,6 +37,12 @@ class VariantRules:
         """Actions come from the static cached action loop (``action_loop.ActionLoop``)."""
         return self.inference != "joint"
 
+    @property
+    def realtime_chunking(self) -> bool:
+        """RTC can guide this variant's actions: its cached prefix is the observation alone, so it
+        stays constant across the guided steps (``imagined_future``'s depends on sampled noise)."""
+        return self.inference == "first_frame"
+
 
 VARIANT_RULES: dict[str, VariantRules] = {
     "fast_wam": VariantRules(video_loss=True, future_condition=False, inference="first_frame"),
@@ -44,6 +50,10 @@ VARIANT_RULES: dict[str, VariantRules] = {
     "joint": VariantRules(video_loss=True, future_condition=False, inference="joint"),
     "idm": VariantRules(video_loss=True, future_condition=True, inference="imagined_future"),
 }
+
+
+# The variants real-time chunking can run (named in the refusals of the others).
+RTC_VARIANTS = tuple(v for v, rules in VARIANT_RULES.items() if rules.realtime_chunking)
 
 
 def variant_rules(variant: str) -> VariantRules:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -33,7 +32,7 @@ from fastwam.robot_config import load_robot_config
 from fastwam.shipped_configs import default_robot_config
 from fastwam_msgs.srv import ResetEpisode
 from fastwam_policy.recorder_client import RecorderClient
-from fastwam_policy.spin import spin_until_shutdown
+from fastwam_policy.spin import run_node
 from fastwam_sim import ScriptedFolder, TowelFoldEnv
 from fastwam_sim.episode_result import EpisodeResult
 
@@ -240,17 +239,7 @@ class ScriptedTeleopNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ScriptedTeleopNode()
-        spin_until_shutdown(node)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C during start-up
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(ScriptedTeleopNode, args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import time
 
 import cv2
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -48,7 +47,7 @@ from std_msgs.msg import Bool, Float32, String
 from fastwam.robot_config import load_robot_config
 from fastwam.shipped_configs import default_robot_config
 from fastwam_msgs.srv import ResetEpisode
-from fastwam_policy.spin import spin_until_shutdown
+from fastwam_policy.spin import run_node
 from fastwam_sim import SimParams, TowelFoldEnv
 from fastwam_sim.episode_result import EpisodeResult
 
@@ -350,17 +349,7 @@ class SimRobotNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimRobotNode()
-        spin_until_shutdown(node)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C during start-up
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SimRobotNode, args)
 
 
 if __name__ == "__main__":
