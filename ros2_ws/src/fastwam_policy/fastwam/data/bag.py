@@ -288,18 +288,25 @@ def align_episode(
         "idle_head_s": round(max(0, command_start - int(ref[0])) / 1e9, 4),
         "idle_tail_s": round(max(0, int(ref[-1]) - command_end) / 1e9, 4),
     }
-    frames = {}
-    for key, stream in streams.cameras.items():
-        index = _nearest(stream.stamps, times)
-        skew = np.abs(stream.stamps[index] - times) / 1e9
-        if skew.max() > max_skew_s:
-            k = int(skew.argmax())
-            raise BagError(
-                f"{bag}: camera {key} has no frame within {max_skew_s} s of {reference} frame {k} "
-                f"(nearest {skew[k]:.3f} s away); camera stalled? (--max-skew-s to relax)"
-            )
-        info[f"max_skew_s.{key}"] = round(float(skew.max()), 4)
-    feedback = _interpolate(streams.feedback, times, max_gap_s, "feedback", bag)
+    # Every camera and feedback stream needs a message near each chosen frame: a stalled one is
+    # refused, not stretched over the gap (cameras take their nearest frame, feedback is interpolated).
+    nearest: dict[tuple[str, str], np.ndarray] = {}
+    for kind, kind_streams, limit_s, hint in (
+        ("camera", streams.cameras, max_skew_s, "camera stalled? (--max-skew-s to relax)"),
+        ("feedback of group", streams.feedback, max_gap_s, "publisher stalled? (--max-gap-s to relax)"),
+    ):
+        for key, stream in kind_streams.items():
+            index = nearest[kind, key] = _nearest(stream.stamps, times)
+            distance = np.abs(stream.stamps[index] - times) / 1e9
+            if distance.max() > limit_s:
+                k = int(distance.argmax())
+                raise BagError(
+                    f"{bag}: {kind} {key} has no message within {limit_s} s of {reference} frame {k} "
+                    f"(nearest {distance[k]:.3f} s away); {hint}"
+                )
+            if kind == "camera":
+                info[f"max_skew_s.{key}"] = round(float(distance.max()), 4)
+    feedback = {g: _interp(s.stamps, s.positions, times) for g, s in streams.feedback.items()}
     targets, held = {}, {}
     for group, stream in streams.command.items():
         targets[group], held[group] = _command_targets(stream, times, max_gap_s, feedback.get(group))
@@ -307,9 +314,10 @@ def align_episode(
     state = config.robot.join(feedback, config.robot.state_groups)
     action = config.robot.join(targets, config.robot.action_groups)
     # Decoding last: a rejected episode costs no JPEG decoding.
+    frames = {}
     for key, stream in streams.cameras.items() if decode else ():
         size = _view_sizes(config)[key] if resize_to_layout else None
-        frames[key] = _decode_frames(stream, _nearest(stream.stamps, times), key, bag, size)
+        frames[key] = _decode_frames(stream, nearest["camera", key], key, bag, size)
     # Seconds since the first frame: float32 readers keep microseconds (epoch seconds would not).
     info["start_time_ns"] = int(times[0])
     return AlignedEpisode(frames, state, action, (times - times[0]).astype(np.float64) / 1e9, info)
@@ -325,23 +333,6 @@ def _nearest(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:
         return right
     left = right - 1
     return np.where(np.abs(stamps[left] - times) <= np.abs(stamps[right] - times), left, right)
-
-
-def _interpolate(
-    streams: dict[str, JointStream], times: np.ndarray, max_gap_s: float, kind: str, bag: Path
-) -> dict[str, np.ndarray]:
-    out = {}
-    for group, stream in streams.items():
-        nearest = _nearest(stream.stamps, times)
-        gap = np.abs(stream.stamps[nearest] - times) / 1e9
-        if gap.max() > max_gap_s:
-            k = int(gap.argmax())
-            raise BagError(
-                f"{bag}: {kind} of group {group} has no sample within {max_gap_s} s of frame {k} "
-                f"({gap[k]:.3f} s); publisher stalled? (--max-gap-s to relax)"
-            )
-        out[group] = _interp(stream.stamps, stream.positions, times)
-    return out
 
 
 def _interp(stamps: np.ndarray, positions: np.ndarray, times: np.ndarray) -> np.ndarray:
