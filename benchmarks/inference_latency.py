@@ -41,23 +41,16 @@ from fastwam.camera import CameraLayout, composite_to_tensor
 from fastwam.model import Context, FastWAM, WanComponents, build_random_components
 from fastwam.model.action_loop import COMPILE_MODES, ActionLoop
 from fastwam.model.wan import FirstFrameCausalConv, build_tokenizer
-from fastwam.model_config import PRESETS, preset
+from fastwam.model_config import PRESETS, preset, wan22_vae
 
 # Wan2.2-TI2V-5B frozen parts' architecture, for an all-random full-size run without the weights.
-WAN22_VAE = dict(
+WAN22_VAE = wan22_vae(
     base_dim=160,
     decoder_base_dim=256,
     z_dim=48,
     dim_mult=[1, 2, 4, 4],
     num_res_blocks=2,
     attn_scales=[],
-    temperal_downsample=[False, True, True],
-    is_residual=True,
-    in_channels=12,
-    out_channels=12,
-    patch_size=2,
-    scale_factor_spatial=16,
-    scale_factor_temporal=4,
     latents_mean=[0.0] * 48,
     latents_std=[1.0] * 48,
 )

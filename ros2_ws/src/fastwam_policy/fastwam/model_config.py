@@ -161,6 +161,36 @@ class FastWAMConfig:
         return FastWAMConfig.from_dict({**self.to_dict(), **overrides})
 
 
+def wan22_vae(**sizes: Any) -> dict[str, Any]:
+    """Arguments of diffusers' ``AutoencoderKLWan`` with Wan2.2-TI2V-5B's VAE structure: residual
+    blocks, RGB patchified 2x2 in and out (12 channels), 16x spatial and 4x temporal compression (what
+    ``vae_spatial_factor`` and ``vae_temporal_factor`` assume); `sizes` give its widths, depth and
+    latent statistics."""
+    structure = {
+        "temperal_downsample": [False, True, True],
+        "is_residual": True,
+        "in_channels": 12,
+        "out_channels": 12,
+        "patch_size": 2,
+        "scale_factor_spatial": 16,
+        "scale_factor_temporal": 4,
+    }
+    return {**structure, **sizes}
+
+
+def _stand_in_vae(z_dim: int, latents_mean: list[float], latents_std: list[float]) -> dict[str, Any]:
+    """The small presets' random VAE: Wan2.2's structure at width 8, one residual block a level."""
+    return wan22_vae(
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        latents_mean=latents_mean,
+        latents_std=latents_std,
+    )
+
+
 def _tiny() -> FastWAMConfig:
     return FastWAMConfig(
         video=VideoDiTConfig(
@@ -182,22 +212,7 @@ def _tiny() -> FastWAMConfig:
         num_video_frames=5,
         text_max_length=16,
         num_inference_steps=3,
-        vae=dict(
-            base_dim=8,
-            decoder_base_dim=8,
-            z_dim=4,
-            dim_mult=[1, 2, 2, 2],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-            is_residual=True,
-            in_channels=12,
-            out_channels=12,
-            patch_size=2,
-            scale_factor_spatial=16,
-            scale_factor_temporal=4,
-            latents_mean=[0.1, -0.2, 0.0, 0.3],
-            latents_std=[1.5, 0.8, 1.0, 1.2],
-        ),
+        vae=_stand_in_vae(z_dim=4, latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 0.8, 1.0, 1.2]),
         text_encoder=dict(
             d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8
         ),
@@ -228,19 +243,8 @@ def _small() -> FastWAMConfig:
         action_horizon=32,
         num_video_frames=9,
         text_max_length=32,
-        vae=dict(
-            base_dim=8,
-            decoder_base_dim=8,
+        vae=_stand_in_vae(
             z_dim=16,
-            dim_mult=[1, 2, 2, 2],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-            is_residual=True,
-            in_channels=12,
-            out_channels=12,
-            patch_size=2,
-            scale_factor_spatial=16,
-            scale_factor_temporal=4,
             # Per-channel mean / std of this random VAE's (seed 0) latents over the simulated towel
             # scene, so latents enter the DiT at unit scale as Wan2.2's do (raw std is ~0.13: video
             # noise would drown the frames and the image signal the action expert needs).
