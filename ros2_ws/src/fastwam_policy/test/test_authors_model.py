@@ -8,11 +8,9 @@ run our model, and compare.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,29 +32,11 @@ from fastwam.model_config import preset
 from fastwam.policy import FastWAMPolicy
 from fastwam.robot import JointGroup, RobotSpec
 
-# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
-# pytest's importlib mode, where the test folder is not on sys.path.
-_spec = importlib.util.spec_from_file_location(
-    "model_reference", Path(__file__).with_name("model_reference.py")
-)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
+import model_reference as reference  # the eager oracle, beside the tests (see conftest.py)
+from authors_fixture import require_fixture
 
-# shared/ lies beside the repository (as in CI); FASTWAM_AUTHORS_FIXTURE points elsewhere.
-FIXTURE = Path(
-    os.environ.get(
-        "FASTWAM_AUTHORS_FIXTURE",
-        Path(__file__).resolve().parents[5] / "shared" / "fixtures" / "authors_fastwam_tiny",
-    )
-)
+FIXTURE = require_fixture()  # skips the module without shared/ (fails in CI)
 TOL = 1e-5
-
-if not FIXTURE.is_dir():
-    if os.environ.get("CI"):  # CI always has shared/: a missing fixture there is a failure, not a skip
-        raise FileNotFoundError(f"the authors' fixture is missing: {FIXTURE}")
-    pytest.skip(
-        f"the authors' fixture is not at {FIXTURE} (shared/ beside the repo)", allow_module_level=True
-    )
 
 
 def _fixture():

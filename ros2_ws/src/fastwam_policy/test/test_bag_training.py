@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from test_bag import CONFIG, episode_messages, record, teleop_messages, topic_specs  # noqa: E402
+from fastwam.data.bag import CAMERA_FEATURE, convert_bags
+from fastwam.data.episode_bag import EpisodeRecorder
+from fastwam.robot_config import load_robot_config
 
-from fastwam.data.bag import CAMERA_FEATURE, convert_bags  # noqa: E402
-from fastwam.data.episode_bag import EpisodeRecorder  # noqa: E402
-from fastwam.robot_config import load_robot_config  # noqa: E402
+from test_bag import CONFIG, episode_messages, record, teleop_messages, topic_specs
 
 trainer_module = pytest.importorskip("fastwam_training.trainer", reason="training package not on PYTHONPATH")
 from fastwam_training.config import from_dict  # noqa: E402

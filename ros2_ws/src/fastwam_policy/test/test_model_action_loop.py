@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,13 +12,7 @@ from fastwam.model.fastwam import Context
 from fastwam.model.masks import build_mask
 from fastwam.model_config import preset
 
-# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
-# pytest's importlib mode, where the test folder is not on sys.path.
-_spec = importlib.util.spec_from_file_location(
-    "model_reference", Path(__file__).with_name("model_reference.py")
-)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import model_reference as ref  # the eager oracle, beside the tests (see conftest.py)
 
 B, HP, WP = 2, 2, 2  # tiny: 4x4 latents -> 2x2 tokens per frame
 TOL = 1e-5  # fp32

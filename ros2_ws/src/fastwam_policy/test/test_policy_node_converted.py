@@ -8,8 +8,6 @@ is enabled, commands within the limits.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 from pathlib import Path
 
@@ -22,24 +20,11 @@ from fastwam.convert import convert_authors_checkpoint
 from fastwam.robot_config import load_robot_config
 from fastwam_msgs.msg import PolicyStatus
 
-_spec = importlib.util.spec_from_file_location(
-    "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")
-)
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+import policy_node_harness as harness
+from authors_fixture import require_fixture
 
-FIXTURE = Path(
-    os.environ.get(
-        "FASTWAM_AUTHORS_FIXTURE",
-        Path(__file__).resolve().parents[5] / "shared" / "fixtures" / "authors_fastwam_tiny",
-    )
-)
+FIXTURE = require_fixture()  # skips the module without shared/ (fails in CI)
 START_TIMEOUT = 120.0  # imports torch + diffusers and warms up on a loaded 2-core machine
-
-if not FIXTURE.is_dir():
-    if os.environ.get("CI"):
-        raise FileNotFoundError(f"the authors' fixture is missing: {FIXTURE}")
-    pytest.skip(f"the authors' fixture is not at {FIXTURE}", allow_module_level=True)
 
 
 def _robot_config(tmp: Path) -> Path:

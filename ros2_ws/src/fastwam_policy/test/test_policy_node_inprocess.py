@@ -5,7 +5,6 @@ status, never a crash and never a command.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -23,13 +22,9 @@ from fastwam.robot import JointGroup, RobotSpec  # noqa: E402
 from fastwam_msgs.msg import PolicyStatus  # noqa: E402
 from fastwam_policy.policy_node import FastWAMPolicyNode  # noqa: E402
 
-pytestmark = pytest.mark.ros
+import policy_node_harness as harness  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")
-)
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +37,29 @@ def base(tmp_path_factory):
     robot.close()
 
 
-def _run_node(domain: int, **params):
+def _node(domain: int, **params):
+    """(the policy node with these parameters, its own context); the context is shut down again
+    when the node refuses to be constructed."""
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
-    overrides = [Parameter(k, value=v) for k, v in params.items()]
-    node = FastWAMPolicyNode(context=context, parameter_overrides=overrides)
+    try:
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        return FastWAMPolicyNode(context=context, parameter_overrides=overrides), context
+    except BaseException:
+        rclpy.try_shutdown(context=context)
+        raise
+
+
+def _run_node(domain: int, checkpoint: Path, config_path: Path, **params):
+    """The node spinning with `checkpoint` and the test robot config, on CPU, motion enabled."""
+    node, context = _node(
+        domain,
+        checkpoint=str(checkpoint),
+        robot_config=str(config_path),
+        device="cpu",
+        motion_enabled=True,
+        **params,
+    )
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     executor.add_node(node)
     return node, harness.Spinner(executor), context
@@ -61,14 +74,7 @@ def _stop(node, spinner, context) -> None:
 def _expect_error(base, reason: str, checkpoint: Path, **params) -> None:
     tmp, _, config_path, config, robot, domain = base
     t = robot.now()
-    node, executor, context = _run_node(
-        domain,
-        checkpoint=str(checkpoint),
-        robot_config=str(config_path),
-        device="cpu",
-        motion_enabled=True,
-        **params,
-    )
+    node, executor, context = _run_node(domain, checkpoint, config_path, **params)
     try:
         assert node.get_name() == "fastwam_policy"
         _, status = robot.wait_state(PolicyStatus.STATE_ERROR, timeout=60, since=t)
@@ -118,16 +124,8 @@ def test_rtc_with_a_variant_without_cached_prefix_is_refused_at_start(base):
 
 def test_unknown_execution_mode_is_refused_at_construction(base):
     _, checkpoint, config_path, _, _, domain = base
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    params = {"checkpoint": str(checkpoint), "robot_config": str(config_path), "execution": "crossfade"}
-    try:
-        with pytest.raises(ValueError, match="parameter 'execution' must be one of"):
-            FastWAMPolicyNode(
-                context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
-            )
-    finally:
-        rclpy.try_shutdown(context=context)
+    with pytest.raises(ValueError, match="parameter 'execution' must be one of"):
+        _node(domain, checkpoint=str(checkpoint), robot_config=str(config_path), execution="crossfade")
 
 
 def test_missing_checkpoint_is_an_error_status(base):
@@ -148,14 +146,8 @@ def test_model_producing_nan_holds_then_errors_without_commanding(base):
     weights["expert.proj_out.bias"] = weights["expert.proj_out.bias"] * np.nan
     save_file(weights, broken / "model.safetensors")
     t = robot.now()
-    node, executor, context = _run_node(
-        domain,
-        checkpoint=str(broken),
-        robot_config=str(config_path),
-        device="cpu",
-        motion_enabled=True,
-        warmup_runs=0,  # the warm-up would catch it at start; this checks the running node
-    )
+    # No warm-up: it would catch the NaN at start; this checks the running node.
+    node, executor, context = _run_node(domain, broken, config_path, warmup_runs=0)
     try:
         _, holding = robot.wait_state(PolicyStatus.STATE_HOLDING, timeout=60, reason="non-finite", since=t)
         assert "inference failed" in holding.reason

@@ -7,10 +7,8 @@ JPEG, so both decoders are exercised.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +16,9 @@ import pytest
 pytest.importorskip("rclpy")
 from fastwam_msgs.msg import PolicyStatus
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]  # the node process the module's tests share
+import policy_node_harness as harness
 
-_spec = importlib.util.spec_from_file_location(
-    "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")
-)
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+pytestmark = [pytest.mark.ros, pytest.mark.slow]  # the node process the module's tests share
 
 START_TIMEOUT = 120.0
 HOLDING, EXECUTING = PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_EXECUTING

@@ -8,9 +8,7 @@ chunk is requested, so the plan is exhausted before each new chunk.
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +16,9 @@ import pytest
 pytest.importorskip("rclpy")
 from fastwam_msgs.msg import PolicyStatus
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]  # node processes driven for seconds
+import policy_node_harness as harness
 
-_spec = importlib.util.spec_from_file_location(
-    "policy_node_harness", Path(__file__).with_name("policy_node_harness.py")
-)
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+pytestmark = [pytest.mark.ros, pytest.mark.slow]  # node processes driven for seconds
 
 START_TIMEOUT = 120.0
 LOOSE = {"max_camera_age_s": 2.0, "max_camera_skew_s": 2.0, "max_joint_age_s": 2.0}

@@ -34,11 +34,11 @@ from fastwam.robot_config import load_robot_config  # noqa: E402
 from fastwam_msgs.msg import RecorderStatus  # noqa: E402
 from fastwam_policy.teleop_keys import Command, KeyCommands, RecorderClient  # noqa: E402
 
+from recorder_publishers import camera_image, joint_value  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "config" / "r1_lite.yaml"
 PUBLISHERS = HERE / "recorder_publishers.py"
-sys.path.insert(0, str(HERE))
-from recorder_publishers import camera_image, joint_value  # noqa: E402
 
 pytestmark = pytest.mark.ros
 T_BASE = time.time()

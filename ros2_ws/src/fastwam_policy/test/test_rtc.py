@@ -4,9 +4,7 @@ previous plan that disagrees with it follows that plan over the frozen delay."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +14,7 @@ from fastwam.model import FastWAM, rtc
 from fastwam.model.flow import sigma_grid
 from fastwam.model_config import preset
 
-# The eager module-by-module oracle (test/model_reference.py), loaded by path: the tests run in
-# pytest's importlib mode, where the test folder is not on sys.path.
-_spec = importlib.util.spec_from_file_location(
-    "model_reference", Path(__file__).with_name("model_reference.py")
-)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
+import model_reference as reference  # the eager oracle, beside the tests (see conftest.py)
 
 H, A = 16, 6
 SIG = sigma_grid(10, 5.0).tolist()
