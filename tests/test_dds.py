@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed: run through scripts/test.sh")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from fastwam_msgs.msg import ActionChunk  # noqa: E402
 from fastwam_msgs.srv import SetInstruction  # noqa: E402
+
+from ros_session import own_node, spin_until, stop_process  # noqa: E402  (tests/conftest.py)
 
 PEER = Path(__file__).with_name("dds_peer.py")
 pytestmark = pytest.mark.ros
@@ -34,36 +35,13 @@ def start_peer(*args: str) -> subprocess.Popen:
 
 
 def stop_peer(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        out, _ = process.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
+    return stop_process(process, signal.SIGTERM, timeout=10.0)
 
 
 @pytest.fixture
 def node():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("dds_test", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    yield node, executor
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-
-
-def spin_until(executor, condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return condition()
+    with own_node("dds_test") as session:
+        yield session
 
 
 def test_service_call_and_message_cross_processes(node):

@@ -24,7 +24,6 @@ os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed: run through scripts/test.sh")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 
 from fastwam.data.bag import main as bag_main  # noqa: E402
@@ -35,6 +34,7 @@ from fastwam_msgs.msg import RecorderStatus  # noqa: E402
 from fastwam_policy.teleop_keys import Command, KeyCommands, RecorderClient  # noqa: E402
 
 from recorder_publishers import camera_image, joint_value  # noqa: E402
+from ros_session import own_node, spin_until, stop_process  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "config" / "r1_lite.yaml"
@@ -81,39 +81,15 @@ def publish_round(publishers: subprocess.Popen) -> dict[str, int]:
 
 
 def finish(process: subprocess.Popen, sig=signal.SIGINT) -> str:
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        out, _ = process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out or ""
+    return stop_process(process, sig, timeout=15.0)
 
 
 @pytest.fixture
 def client():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("recorder_test", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    statuses: list[RecorderStatus] = []
-    node.create_subscription(RecorderStatus, "/recorder/status", statuses.append, 50)
-    recorder = RecorderClient(node, executor=executor)
-    yield recorder, executor, statuses
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-
-
-def spin_until(executor, condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return condition()
+    with own_node("recorder_test") as (node, executor):
+        statuses: list[RecorderStatus] = []
+        node.create_subscription(RecorderStatus, "/recorder/status", statuses.append, 50)
+        yield RecorderClient(node, executor=executor), executor, statuses
 
 
 def call(recorder: RecorderClient, command: Command) -> tuple[bool, str]:
