@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastwam_sim.env import ARMS, EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_sim.env import ARMS, EVAL_SEED, add_image_size_argument
 from fastwam_training.sim_rollout import load_in_sim
 
 
@@ -109,12 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--held-seeds", type=_seed_range, default=range(EVAL_SEED, EVAL_SEED + 20), help="start:stop"
     )
-    ap.add_argument(
-        "--image-size",
-        type=image_size_arg,
-        default=SIM_IMAGE_SIZE,
-        help="simulated camera HxW (as the experiment)",
-    )
+    add_image_size_argument(ap, help="simulated camera HxW (as the experiment)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     args = ap.parse_args(argv)
 

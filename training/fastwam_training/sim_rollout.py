@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE, add_image_size_argument
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,7 @@ def main(argv: list[str] | None = None) -> list[Rollout]:
     ap.add_argument("--replan", type=int, default=16, help="control steps executed per predicted chunk")
     ap.add_argument("--timeout", type=float, default=12.0, help="simulated seconds per episode")
     ap.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
-    ap.add_argument(
-        "--image-size",
-        type=image_size_arg,
-        default=SIM_IMAGE_SIZE,
-        help="simulated camera HxW (as the experiment)",
-    )
+    add_image_size_argument(ap, help="simulated camera HxW (as the experiment)")
     ap.add_argument("--instruction", default="fold the towel")
     ap.add_argument(
         "--action-samples",

@@ -43,7 +43,7 @@ from fastwam_bringup.composition import (
     wait_for_policy,
 )
 from fastwam_policy.recorder_client import RecorderClient
-from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE, image_size_arg
+from fastwam_sim.env import EVAL_SEED, add_image_size_argument
 
 RANDOM_CHECKPOINT = "random"
 POLICY_EPISODES = 3  # held-out poses a policy run tries by default
@@ -106,11 +106,8 @@ def build_parser(
         help="with --scripted-teleop: run the simulated robot this many times faster than real time "
         "(recordings hold the same frames and stamps; --duration stays wall-clock seconds)",
     )
-    parser.add_argument(
-        "--image-size",
-        type=image_size_arg,
-        default=SIM_IMAGE_SIZE,
-        help="rendered camera size HEIGHTxWIDTH of the simulated robot (default %(default)s)",
+    add_image_size_argument(
+        parser, help="rendered camera size HEIGHTxWIDTH of the simulated robot (default %(default)s)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

@@ -45,6 +45,12 @@ def image_size_arg(text: str) -> tuple[int, int]:
     return height, width
 
 
+def add_image_size_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The --image-size HEIGHTxWIDTH option of the simulated cameras (default SIM_IMAGE_SIZE), as the
+    runner, the rollouts and the grasp probe take it."""
+    parser.add_argument("--image-size", type=image_size_arg, default=SIM_IMAGE_SIZE, help=help)
+
+
 @dataclass(frozen=True)
 class SimParams:
     # Towel start pose ranges: centre x, y (m) and yaw (rad), sampled uniformly per seed.
