@@ -3,9 +3,6 @@
 # against the simulated R1 Lite and print what happened. Extra arguments go to the runner
 # (python -m fastwam_experiments.run --help).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/bootstrap.sh"
-# shellcheck source=/dev/null
-source "$ROOT/scripts/env.sh"
-cd "$ROOT"
+# shellcheck source=scripts/prepare.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 exec python -m fastwam_experiments.run "$@"

@@ -4,9 +4,6 @@
 # (runs/sim_towel_fold/report.md). Set up first (idempotent). Extra arguments go to the module
 # (python -m fastwam_experiments.sim_towel_fold --help).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/bootstrap.sh"
-# shellcheck source=/dev/null
-source "$ROOT/scripts/env.sh"
-cd "$ROOT"
+# shellcheck source=scripts/prepare.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 exec python -m fastwam_experiments.sim_towel_fold "$@"

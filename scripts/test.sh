@@ -12,11 +12,8 @@
 #   Mark a test with @pytest.mark.slow, or a whole module (`pytestmark = [..., pytest.mark.slow]`)
 #   when its cost is a module fixture (a node process) that every test of it shares.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/bootstrap.sh"
-# shellcheck source=/dev/null
-source "$ROOT/scripts/env.sh"
-cd "$ROOT"
+# shellcheck source=scripts/prepare.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 
 echo "== ruff (lint + format check, Python 3.10 target)"
 ruff check .
