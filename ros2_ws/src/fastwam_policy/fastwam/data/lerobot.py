@@ -219,6 +219,37 @@ class _EpisodeWriter:
         """Move the in-memory state forward once an episode's files are all in place."""
 
     # -- shared ------------------------------------------------------------------------------
+    def _empty_info(self, layout: dict[str, Any], data_path: str, video_path: str) -> dict[str, Any]:
+        """A new dataset's info.json in the order of LeRobot's create_empty_dataset_info (utils.py):
+        version, robot, the zero totals, the version's file `layout` fields, fps, splits, the path
+        templates, features."""
+        return {
+            "codebase_version": self.version,
+            "robot_type": self.robot_type,
+            "total_episodes": 0,
+            "total_frames": 0,
+            "total_tasks": 0,
+            **layout,
+            "fps": self.fps,
+            "splits": {},
+            "data_path": data_path,
+            "video_path": video_path,
+            "features": self._base_features(),
+        }
+
+    def _info_with_episode(self, index: int, total_frames: int, tasks: int, **totals: int) -> dict[str, Any]:
+        """info.json once episode `index` (the last) is in: the totals both versions keep, the
+        version's own `totals`, the train split."""
+        info = dict(self.info)
+        info.update(
+            total_episodes=index + 1,
+            total_frames=total_frames,
+            total_tasks=tasks,
+            splits={"train": f"0:{index + 1}"},
+            **totals,
+        )
+        return info
+
     def _base_features(self) -> dict[str, Any]:
         return {
             self.state_key: {
@@ -424,21 +455,8 @@ class LeRobotV21Writer(_EpisodeWriter):
         super().__init__(*args, **kwargs)
 
     def _new_info(self) -> dict[str, Any]:
-        return {
-            "codebase_version": V21,
-            "robot_type": self.robot_type,
-            "total_episodes": 0,
-            "total_frames": 0,
-            "total_tasks": 0,
-            "total_videos": 0,
-            "total_chunks": 0,
-            "chunks_size": self.chunks_size,
-            "fps": self.fps,
-            "splits": {},
-            "data_path": V21_DATA_PATH,
-            "video_path": V21_VIDEO_PATH,
-            "features": self._base_features(),
-        }
+        layout = {"total_videos": 0, "total_chunks": 0, "chunks_size": self.chunks_size}
+        return self._empty_info(layout, V21_DATA_PATH, V21_VIDEO_PATH)
 
     def _open_existing(self) -> None:
         total = int(self.info["total_episodes"])
@@ -488,14 +506,12 @@ class LeRobotV21Writer(_EpisodeWriter):
         staged.write_text(self._meta / "tasks.jsonl", _jsonl(tasks))
         staged.write_text(self._meta / "episodes_stats.jsonl", _jsonl(all_stats))
         staged.write_text(self._meta / "episodes.jsonl", _jsonl(episodes))
-        info = dict(self.info)
-        info.update(
-            total_episodes=index + 1,
-            total_frames=first_frame + length,
-            total_tasks=len(self.tasks),
+        info = self._info_with_episode(
+            index,
+            first_frame + length,
+            len(self.tasks),
             total_videos=(index + 1) * len(self.camera_keys),
             total_chunks=chunk + 1,
-            splits={"train": f"0:{index + 1}"},
         )
         staged.write_json(self._meta / "info.json", info)
         self._pending = (info, episodes, all_stats)
@@ -543,21 +559,12 @@ class LeRobotV30Writer(_EpisodeWriter):
 
     def _new_info(self) -> dict[str, Any]:
         # utils.py create_empty_dataset_info (v3.0): no total_videos / total_chunks any more.
-        return {
-            "codebase_version": V30,
-            "robot_type": self.robot_type,
-            "total_episodes": 0,
-            "total_frames": 0,
-            "total_tasks": 0,
+        layout = {
             "chunks_size": self.chunks_size,
             "data_files_size_in_mb": self.data_files_size_in_mb,
             "video_files_size_in_mb": self.video_files_size_in_mb,
-            "fps": self.fps,
-            "splits": {},
-            "data_path": V30_DATA_PATH,
-            "video_path": V30_VIDEO_PATH,
-            "features": self._base_features(),
         }
+        return self._empty_info(layout, V30_DATA_PATH, V30_VIDEO_PATH)
 
     def _open_existing(self) -> None:
         total = int(self.info["total_episodes"])
@@ -645,13 +652,7 @@ class LeRobotV30Writer(_EpisodeWriter):
         if tasks != self.tasks or not (self._meta / "tasks.parquet").is_file():
             pq.write_table(_tasks_table(tasks), staged.path(self._meta / "tasks.parquet"))
         staged.write_json(self._meta / "stats.json", stats_to_lists(stats))
-        info = dict(self.info)
-        info.update(
-            total_episodes=index + 1,
-            total_frames=first_frame + length,
-            total_tasks=len(tasks),
-            splits={"train": f"0:{index + 1}"},
-        )
+        info = self._info_with_episode(index, first_frame + length, len(tasks))
         staged.write_json(self._meta / "info.json", info)
         self._pending = (info, tasks, row, meta_rows, stats, video_frames, self._data_frames + length)
 
