@@ -42,6 +42,14 @@ def keep_process_group(accelerator: Accelerator) -> None:
     accelerator.end_training = end_training
 
 
+def phase_trainer(yaml_path: str, output_dir: Path, *overrides: str) -> Trainer:
+    """One phase's Trainer: the config as the CLI builds it from the YAML, sharded on CPU, writing to
+    `output_dir`, with the phase's `overrides`; it keeps the process group the phases share."""
+    trainer = Trainer(load_config(yaml_path, [*SHARDED, f"output_dir={output_dir}", *overrides]))
+    keep_process_group(trainer.accelerator)
+    return trainer
+
+
 @contextmanager
 def layer_probe(probe: Callable[[list], None]):
     """Call ``probe(blocks)`` as each MoT layer starts. The layer computes the Wan block
@@ -66,14 +74,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     # -- probe: one step ----------------------------------------------------------------------------
-    config = load_config(
+    trainer = phase_trainer(
         yaml_path,
-        [*SHARDED, f"output_dir={out / 'probe'}", "train.gradient_checkpointing=true", "train.max_steps=1",
-         "checkpoint.every=0"],
-    )  # fmt: skip
-    trainer = Trainer(config)
+        out / "probe",
+        "train.gradient_checkpointing=true",
+        "train.max_steps=1",
+        "checkpoint.every=0",
+    )
     acc = trainer.accelerator
-    keep_process_group(acc)
     assert acc.num_processes == 2, f"expected 2 processes, got {acc.num_processes}"
     local, total = local_numel(trainer.model)
     model = trainer.model
@@ -108,24 +116,20 @@ def main() -> None:
 
     # -- B: resume the CLI run from step 2 into another folder -----------------------------------------
     step2 = out / "run" / "checkpoints" / "step_0000002"
-    config_b = load_config(
+    resumed = phase_trainer(
         yaml_path,
-        [*SHARDED, f"output_dir={out / 'resumed'}", "train.gradient_checkpointing=true", "checkpoint.every=2",
-         f"checkpoint.resume={step2}"],
-    )  # fmt: skip
-    resumed = Trainer(config_b)
-    keep_process_group(resumed.accelerator)
+        out / "resumed",
+        "train.gradient_checkpointing=true",
+        "checkpoint.every=2",
+        f"checkpoint.resume={step2}",
+    )
     assert resumed.step == 2, resumed.step
     run_b = {"losses": [row["loss"] for row in resumed.train()]}
 
     # -- C: bf16 mixed precision -------------------------------------------------------------------------
-    config_c = load_config(
-        yaml_path,
-        [*SHARDED, f"output_dir={out / 'bf16'}", "train.mixed_precision=bf16", "train.max_steps=2",
-         "checkpoint.every=0"],
-    )  # fmt: skip
-    bf16 = Trainer(config_c)
-    keep_process_group(bf16.accelerator)
+    bf16 = phase_trainer(
+        yaml_path, out / "bf16", "train.mixed_precision=bf16", "train.max_steps=2", "checkpoint.every=0"
+    )
     compute: list[torch.dtype] = []
     first_block = bf16.model.video.blocks[0]
     with layer_probe(
