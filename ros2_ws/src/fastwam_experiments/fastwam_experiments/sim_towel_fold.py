@@ -356,14 +356,20 @@ class RecordingFollower:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         # The last bags: a few seconds of conversion and encoding (much more only on a stalled disk).
-        self.process.join(300.0 if exc[0] is None else 10.0)
-        if self.process.is_alive():
+        wait_s = 300.0 if exc[0] is None else 10.0
+        self.process.join(wait_s)
+        behind = self.process.is_alive()
+        if behind:
             self.process.terminate()
             self.process.join()
         if self.process.exitcode != 0:
+            what = (
+                f"was still converting {wait_s:.0f} s after the recording ended (a busy machine) and was stopped"
+                if behind
+                else f"failed (exit code {self.process.exitcode})"
+            )
             tqdm.write(
-                f"warning: converting during the recording failed (exit code {self.process.exitcode}); "
-                "the convert and train stages do it all"
+                f"warning: converting during the recording {what}; the convert and train stages do it all"
             )
             for partial in (self.s.out / "dataset", self.s.out / "cache"):
                 shutil.rmtree(partial, ignore_errors=True)
