@@ -106,3 +106,37 @@ def test_without_a_checkpoint_the_runner_takes_its_callers_default(tmp_path):
     seen = []
     assert resolve_checkpoint(args, config, str(tmp_path), lambda a: seen.append(a) or "ckpt") == "ckpt"
     assert seen == [args]
+
+
+def test_policy_runs_try_three_held_out_poses_unless_told_otherwise():
+    args = parse_args(["--robot-config", str(CONFIG), "--checkpoint", "random"])
+    assert args.episodes is None and args.episode_timeout == 12.0 and args.duration == 0.0
+    for bad in (["--episodes", "0"], ["--episode-timeout", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--robot-config", str(CONFIG), *bad])
+
+
+@pytest.mark.slow
+def test_each_policy_episode_is_a_fresh_composition_on_the_next_pose(capsys):
+    """Two episodes of a random policy: each on its own pose (seed, seed + 1), each ended by the
+    episode timeout in simulated time (a random policy does not fold), both in the summary."""
+    argv = [
+        "--robot-config",
+        str(CONFIG),
+        "--checkpoint",
+        "random",
+        "--episodes",
+        "2",
+        "--episode-timeout",
+        "2",
+    ]
+    code = run(parse_args([*argv, "--seed", "7"]))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("[run] loading ") == 2, out  # a policy node per episode
+    assert (
+        "episode 1/2 (up to 2 s simulated), seed 7" in out
+        and "episode 2/2 (up to 2 s simulated), seed 8" in out
+    )
+    assert "episode 0 seed 7: no success" in out and "episode 1 seed 8: no success" in out
+    assert "success 0/2" in out
