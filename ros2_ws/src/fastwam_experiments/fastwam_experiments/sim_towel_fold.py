@@ -48,7 +48,7 @@ from fastwam.inference_device import CPU_THREADS
 from fastwam.robot_config import load_robot_config
 from fastwam.shipped_configs import SIM_CONFIG, shipped_config
 from fastwam_bringup.composition import private_ros_domain
-from fastwam_bringup.run import percentile
+from fastwam_bringup.run import POLICY_EPISODE_TIMEOUT_S, percentile
 from fastwam_sim.env import EVAL_SEED, SIM_IMAGE_SIZE
 
 DEFAULT_OUT = "runs/sim_towel_fold"
@@ -99,7 +99,7 @@ class Settings:
     train_overrides: tuple[str, ...] = ()
     eval_episodes: int = 10
     eval_seed: int = EVAL_SEED
-    eval_timeout_s: float = 12.0
+    eval_timeout_s: float = POLICY_EPISODE_TIMEOUT_S
     record_time_scale: float = RECORD_TIME_SCALE
     instruction: str = "fold the towel"
     image_size: tuple[int, int] = SIM_IMAGE_SIZE
@@ -991,7 +991,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--eval-timeout-s",
         type=float,
-        default=12.0,
+        default=POLICY_EPISODE_TIMEOUT_S,
         help="episode timeout in simulated s (the scripted fold succeeds at ~6.4 s; default %(default)s)",
     )
     parser.add_argument(
